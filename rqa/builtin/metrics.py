@@ -1,0 +1,200 @@
+"""Built-in metrics over prediction rows.
+
+A row holds ``question``, ``gold_answer``, ``generated_answer``, ``gold_docs`` and ``retrieved_docs``
+(documents as dicts), plus per-question latencies. A document counts as gold when its ``page_content``
+matches a gold document's exactly. ROUGE comes from ``rouge-score`` and BLEU from ``sacrebleu``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from rqa.hookspecs import hookimpl
+
+Row = dict[str, Any]
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def token_prf(prediction: str, reference: str) -> tuple[float, float, float]:
+    """Token-overlap precision, recall and F1 after SQuAD normalisation."""
+    predicted, gold = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    if not predicted or not gold:
+        same = float(predicted == gold)
+        return same, same, same
+    common = sum((Counter(predicted) & Counter(gold)).values())
+    if common == 0:
+        return 0.0, 0.0, 0.0
+    precision, recall = common / len(predicted), common / len(gold)
+    return precision, recall, 2 * precision * recall / (precision + recall)
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else 0.0
+
+
+def gold_ranks(row: Row) -> list[int]:
+    """1-based ranks of the retrieved documents that are gold."""
+    gold = {d["page_content"] for d in row.get("gold_docs", [])}
+    return [i for i, d in enumerate(row.get("retrieved_docs", []), start=1) if d["page_content"] in gold]
+
+
+class Metric:
+    """Accumulates rows; ``compute`` returns named values and ``per_row`` one value per row."""
+
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+
+    def update(self, rows: Iterable[Row]) -> None:
+        self.rows.extend(rows)
+
+    def per_row(self, row: Row) -> dict[str, float]:
+        raise NotImplementedError
+
+    def compute(self) -> dict[str, float]:
+        scores = [self.per_row(row) for row in self.rows]
+        keys = scores[0].keys() if scores else []
+        return {key: _mean(s[key] for s in scores) for key in keys}
+
+
+class RetrievalMetric(Metric):
+    def __init__(self, k: int = 4) -> None:
+        super().__init__()
+        self.k = k
+
+    def per_row(self, row: Row) -> dict[str, float]:
+        gold = {d["page_content"] for d in row.get("gold_docs", [])}
+        retrieved = row.get("retrieved_docs", [])
+        ranks = gold_ranks(row)
+        found_at = {retrieved[r - 1]["page_content"]: r for r in reversed(ranks)}
+
+        def recall_at(k: int) -> float:
+            return float(bool(gold) and all(found_at.get(g, math.inf) <= k for g in gold))
+
+        dcg = sum(1 / math.log2(r + 1) for r in ranks if r <= self.k)
+        ideal = sum(1 / math.log2(i + 1) for i in range(1, min(len(gold), self.k) + 1))
+        return {
+            "retr/recall@1": recall_at(1),
+            f"retr/recall@{self.k}": recall_at(self.k),
+            "retr/accuracy": len(ranks) / len(retrieved) if retrieved else 0.0,
+            f"retr/ndcg@{self.k}": dcg / ideal if ideal else 0.0,
+            "retr/mrr": 1 / ranks[0] if ranks else 0.0,
+        }
+
+
+class TokenF1Metric(Metric):
+    def per_row(self, row: Row) -> dict[str, float]:
+        precision, recall, f1 = token_prf(row["generated_answer"], row["gold_answer"])
+        return {"gen/f1": f1, "gen/precision": precision, "gen/recall": recall}
+
+
+class GroundingMetric(Metric):
+    def per_row(self, row: Row) -> dict[str, float]:
+        answer = row["generated_answer"]
+        scores = [token_prf(answer, d["page_content"])[2] for d in row.get("retrieved_docs", [])]
+        return {"gen/f1_retrieved": max(scores, default=0.0)}
+
+
+class RougeMetric(Metric):
+    def __init__(self, use_stemmer: bool = True) -> None:
+        super().__init__()
+        from rouge_score import rouge_scorer
+
+        self.scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=use_stemmer)
+
+    def per_row(self, row: Row) -> dict[str, float]:
+        scores = self.scorer.score(row["gold_answer"], row["generated_answer"])
+        return {f"gen/{name}": score.fmeasure for name, score in scores.items()}
+
+
+class BleuMetric(Metric):
+    """Corpus BLEU from sacrebleu, scaled to 0-1 like the other metrics."""
+
+    def per_row(self, row: Row) -> dict[str, float]:
+        import sacrebleu
+
+        score = sacrebleu.sentence_bleu(row["generated_answer"], [row["gold_answer"]]).score
+        return {"gen/bleu": score / 100}
+
+    def compute(self) -> dict[str, float]:
+        import sacrebleu
+
+        if not self.rows:
+            return {"gen/bleu": 0.0}
+        hypotheses = [r["generated_answer"] for r in self.rows]
+        references = [[r["gold_answer"] for r in self.rows]]
+        return {"gen/bleu": sacrebleu.corpus_bleu(hypotheses, references).score / 100}
+
+
+class AnswerLengthMetric(Metric):
+    def per_row(self, row: Row) -> dict[str, float]:
+        return {"gen/answer_words": float(len(row["generated_answer"].split()))}
+
+
+class LatencyMetric(Metric):
+    KEYS = ("retrieval_ms", "generation_s", "e2e_s")
+
+    def per_row(self, row: Row) -> dict[str, float]:
+        latency = row.get("latency", {})
+        return {f"latency/{key}": float(latency.get(key, 0.0)) for key in self.KEYS}
+
+
+def retrieval(top_k: int = 4) -> Metric:
+    """retr/recall@1, recall@K, accuracy, ndcg@K, mrr (K = --top_k)."""
+    return RetrievalMetric(k=top_k)
+
+
+def token_f1() -> Metric:
+    """gen/f1, gen/precision, gen/recall: SQuAD-style token overlap with the gold answer."""
+    return TokenF1Metric()
+
+
+def rouge(use_stemmer: bool = True) -> Metric:
+    """gen/rouge1, gen/rouge2, gen/rougeL F-measures (rouge-score)."""
+    return RougeMetric(use_stemmer=use_stemmer)
+
+
+def bleu() -> Metric:
+    """gen/bleu: corpus BLEU (sacrebleu), 0-1."""
+    return BleuMetric()
+
+
+def grounding() -> Metric:
+    """gen/f1_retrieved: best token F1 of the answer against any retrieved passage."""
+    return GroundingMetric()
+
+
+def answer_length() -> Metric:
+    """gen/answer_words: mean words per generated answer."""
+    return AnswerLengthMetric()
+
+
+def latency() -> Metric:
+    """latency/retrieval_ms, generation_s, e2e_s per question."""
+    return LatencyMetric()
+
+
+RETRIEVAL_METRICS = ("retrieval",)
+
+
+@hookimpl
+def register_metrics(register) -> None:
+    register("retrieval", retrieval)
+    register("token-f1", token_f1)
+    register("rouge", rouge)
+    register("bleu", bleu)
+    register("grounding", grounding)
+    register("answer-length", answer_length)
+    register("latency", latency)

