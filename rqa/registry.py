@@ -180,3 +180,16 @@ def _convert(value: Any, annotation: Any) -> Any:
         except ValueError:
             raise ValueError(f"expected {target.__name__}, got {value!r}") from None
     return value
+
+
+def parse_component_spec(spec: str, option_pairs: list[str] | None = None) -> tuple[str, dict[str, str]]:
+    """``name`` or ``name:key=value,key=value`` plus ``key=value`` pairs → (name, options)."""
+    name, _, inline = spec.partition(":")
+    pairs = [p for p in inline.split(",") if p.strip()] + list(option_pairs or [])
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ComponentOptionError(f"option {pair!r} for '{name}' must look like key=value")
+        options[key.strip()] = value
+    return name.strip(), options

@@ -1,0 +1,179 @@
+"""``rqa train`` arguments: LocalRQA's flags, rqa's own, and every Hugging Face ``TrainingArguments`` flag.
+
+One dataclass subclassing ``TrainingArguments`` (as TRL's ``SFTConfig`` does), parsed by
+``HfArgumentParser``: the parser LocalRQA's scripts use, so their command lines parse unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from rqa.errors import RqaError
+
+PREFIX_FLAGS = ("user_prefix", "assistant_prefix", "sep_user", "sep_sys")
+
+
+@dataclass
+class RqaTrainingArguments(TrainingArguments):
+    # --- LocalRQA's flags, same names and meaning ---
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Generator: a Hub id or local path. Default: the embedded SmolLM2-135M-Instruct."},
+    )
+    use_flash_attention: bool = field(
+        default=False, metadata={"help": "Use flash-attention 2 with bf16 when available (else SDPA)."}
+    )
+    user_prefix: str | None = field(default=None, metadata={"help": "LocalRQA user prefix (e.g. 'USER')."})
+    assistant_prefix: str | None = field(
+        default=None, metadata={"help": "LocalRQA assistant prefix (e.g. 'ASSISTANT')."}
+    )
+    sep_user: str | None = field(default=None, metadata={"help": "Text after each user turn (LocalRQA)."})
+    sep_sys: str | None = field(default=None, metadata={"help": "Text after each assistant turn (LocalRQA)."})
+    eval_embedding_model: str | None = field(
+        default=None,
+        metadata={"help": "Embedding model for end-to-end evaluation. Default: embedded all-MiniLM-L6-v2."},
+    )
+    train_file: str | None = field(default=None, metadata={"help": "Training QA file (JSONL)."})
+    eval_file: str | None = field(default=None, metadata={"help": "Evaluation QA file (JSONL)."})
+    test_file: str | None = field(default=None, metadata={"help": "Test QA file, predicted after training."})
+    full_dataset_file_path: str | None = field(
+        default=None, metadata={"help": "Document database: JSONL, or a LocalRQA .pkl."}
+    )
+    full_dataset_index_path: str | None = field(
+        default=None, metadata={"help": "Index directory for the document database (built on first use)."}
+    )
+    max_seq_length: int = field(default=2048, metadata={"help": "Longest training sequence, in tokens."})
+    run_group: str | None = field(default=None, metadata={"help": "Accepted for LocalRQA compatibility."})
+    # --- rqa's own ---
+    formatter: str | None = field(
+        default=None,
+        metadata={
+            "help": "Chat formatter name (see `rqa list-plugins`). Default: 'auto' (the tokenizer's chat "
+            "template, else LocalRQA prefixes); 'prefixes' when prefix flags are given."
+        },
+    )
+    formatter_option: list[str] = field(
+        default_factory=list, metadata={"help": "Formatter option KEY=VALUE (repeatable)."}
+    )
+    loss: str = field(default="answer-ce", metadata={"help": "Loss name (see `rqa list-plugins`)."})
+    loss_option: list[str] = field(default_factory=list, metadata={"help": "Loss option KEY=VALUE."})
+    retriever: str = field(default="dense-faiss", metadata={"help": "Retriever for end-to-end evaluation."})
+    retriever_option: list[str] = field(
+        default_factory=list, metadata={"help": "Retriever option KEY=VALUE."}
+    )
+    metrics: list[str] = field(
+        default_factory=lambda: ["all"],
+        metadata={"help": "Metric names for end-to-end evaluation ('all' for every installed metric)."},
+    )
+    top_k: int = field(default=4, metadata={"help": "Passages retrieved per question."})
+    max_new_tokens: int = field(default=128, metadata={"help": "Longest generated answer, in tokens."})
+    supervise_history: bool = field(
+        default=False, metadata={"help": "Also train on earlier assistant turns of the chat history."}
+    )
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains every weight."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["all-linear"], metadata={"help": "Modules LoRA adapts."}
+    )
+    e2e_eval: bool = field(
+        default=True, metadata={"help": "Run the end-to-end evaluation (retrieve, generate, score)."}
+    )
+    max_eval_questions: int | None = field(
+        default=None, metadata={"help": "Evaluate on the first N eval questions only (quick checks)."}
+    )
+    dry_run: bool = field(default=False, metadata={"help": "Validate everything, load no model, exit."})
+    config: str | None = field(
+        default=None, metadata={"help": "YAML or JSON file holding any of these flags."}
+    )
+
+    # Defaults suited to the job (TrainingArguments' own are for generic training).
+    output_dir: str | None = field(default="runs/rqa", metadata={"help": "Where the model and results go."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
+    warmup_steps: float = field(
+        default=0.1, metadata={"help": "Warm-up steps, or a share of all steps when below 1."}
+    )
+    warmup_ratio: float | None = field(
+        default=None, metadata={"help": "Older name for a warm-up share (sets --warmup_steps)."}
+    )
+    evaluation_strategy: str | None = field(
+        default=None, metadata={"help": "Older name of --eval_strategy, accepted for older scripts."}
+    )
+    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate."})
+    train_sampling_strategy: str = field(
+        default="group_by_length", metadata={"help": "Batch similar lengths together: less padding."}
+    )
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep rqa's columns."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
+    eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate: no, steps or epoch."})
+    eval_steps: float | None = field(default=100, metadata={"help": "Evaluate every N steps."})
+    save_steps: float = field(default=100, metadata={"help": "Save a checkpoint every N steps."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+
+    def __post_init__(self) -> None:
+        if self.warmup_ratio is not None:
+            self.warmup_steps = self.warmup_ratio
+        if self.evaluation_strategy is not None:
+            self.eval_strategy = self.evaluation_strategy
+        super().__post_init__()
+
+    def resolved_formatter(self) -> str:
+        if self.formatter:
+            return self.formatter
+        return "prefixes" if any(getattr(self, f) is not None for f in PREFIX_FLAGS) else "auto"
+
+    def prefix_options(self) -> dict[str, str]:
+        return {f: getattr(self, f) for f in PREFIX_FLAGS if getattr(self, f) is not None}
+
+
+def _load_config_file(path: str) -> dict[str, Any]:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as error:
+        raise RqaError(f"config file {path}: {error.strerror}") from None
+    try:
+        data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise RqaError(
+            f"config file {path} is not valid {file.suffix.lstrip('.') or 'YAML'}: {error}"
+        ) from None
+    if not isinstance(data, dict):
+        raise RqaError(f"config file {path} must hold a mapping of flag names to values")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def make_parser() -> HfArgumentParser:
+    return HfArgumentParser(RqaTrainingArguments, prog="rqa train")
+
+
+def parse_train_args(argv: list[str]) -> RqaTrainingArguments:
+    """Parse ``rqa train`` flags; ``--config FILE`` supplies defaults that the command line overrides."""
+    parser = make_parser()
+    pre, _ = parser.parse_known_args(argv)
+    config_path = getattr(pre, "config", None)
+    if config_path:
+        values = _load_config_file(config_path)
+        known = {f.name for f in fields(RqaTrainingArguments)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            import difflib
+
+            hints = [
+                f"'{name}'"
+                + (f" (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(name, known, 1)) else "")
+                for name in unknown
+            ]
+            raise RqaError(f"config file {config_path}: unknown flags {', '.join(hints)}")
+        parser.set_defaults(**values)
+    try:
+        (args,) = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as error:
+        raise RqaError(str(error)) from None
+    return args

@@ -1,0 +1,202 @@
+"""End-to-end evaluation: retrieve from the whole database, generate, score, write predictions.
+
+Used by ``rqa evaluate`` and, at every evaluation step, by ``rqa train``. Retrieval does not change while the
+generator trains, so it runs once per evaluator. Generation is batched (left padding, KV cache, greedy by
+default) over prompts sorted by length, and stops when every row has ended its turn.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rqa.builtin.metrics import gold_ranks, token_prf
+from rqa.data import ExampleEncoder
+from rqa.files import write_json_atomic, write_jsonl_atomic
+from rqa.schema import Document, Example
+
+log = logging.getLogger("rqa")
+GROUNDED_F1 = 0.5  # an answer whose best token F1 against a retrieved passage reaches this is "grounded"
+
+
+@dataclass
+class Retrieved:
+    passages: list[list[tuple[Document, float]]]
+    seconds_per_question: float
+
+
+@dataclass
+class E2EEvaluator:
+    """Everything needed to score a generator on a QA file end to end."""
+
+    examples: Sequence[Example]
+    encoder: ExampleEncoder
+    retriever: Any | None
+    metrics: dict[str, Any]  # name -> factory() building a fresh Metric
+    top_k: int = 4
+    max_new_tokens: int = 128
+    batch_size: int = 8
+    output_dir: Path | None = None
+    progress: Callable[[str, int], Any] | None = None
+    _retrieved: Retrieved | None = field(default=None, init=False)
+
+    def retrieve(self) -> Retrieved:
+        if self._retrieved is None:
+            start = time.perf_counter()
+            if self.retriever is None:
+                hits = [[(d, 1.0) for d in e.gold_docs] for e in self.examples]
+            else:
+                hits = self.retriever.retrieve([e.question for e in self.examples], self.top_k)
+            elapsed = time.perf_counter() - start
+            self._retrieved = Retrieved(hits, elapsed / max(len(self.examples), 1))
+        return self._retrieved
+
+    def generate(self, model: Any, prompts: Sequence[list[int]]) -> tuple[list[str], list[float]]:
+        """Greedy answers for token-id prompts, and the seconds spent per question."""
+        return generate_answers(
+            model,
+            self.encoder.tokenizer,
+            prompts,
+            end_of_turn=self.encoder.formatter.end_of_turn,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+        )
+
+    def evaluate_model(self, model: Any, name: str = "final", is_main: bool = True) -> dict[str, float]:
+        retrieved = self.retrieve()
+        prompts = [
+            self.encoder.prompt_ids(example, [doc for doc, _ in hits])
+            for example, hits in zip(self.examples, retrieved.passages, strict=True)
+        ]
+        answers, generation_seconds = self.generate(model, prompts)
+        rows = [
+            prediction_row(example, hits, answer, retrieved.seconds_per_question, seconds)
+            for example, hits, answer, seconds in zip(
+                self.examples, retrieved.passages, answers, generation_seconds, strict=True
+            )
+        ]
+        scores = score_rows(rows, self.metrics)
+        if is_main and self.output_dir is not None:
+            write_jsonl_atomic(self.output_dir / f"{name}-predictions.jsonl", rows)
+            write_json_atomic(self.output_dir / f"{name}-metrics.json", scores)
+        return scores
+
+
+def prediction_row(
+    example: Example,
+    hits: list[tuple[Document, float]],
+    answer: str,
+    retrieval_seconds: float,
+    generation_seconds: float,
+) -> dict[str, Any]:
+    retrieved = [{**doc.to_dict(), "score": score} for doc, score in hits]
+    row: dict[str, Any] = {
+        "question": example.question,
+        "chat_history": [{"role": t.role, "content": t.content} for t in example.chat_history],
+        "gold_answer": example.gold_answer,
+        "generated_answer": answer,
+        "gold_docs": [d.to_dict() for d in example.gold_docs],
+        "retrieved_docs": retrieved,
+        "latency": {
+            "retrieval_ms": retrieval_seconds * 1000,
+            "generation_s": generation_seconds,
+            "e2e_s": retrieval_seconds + generation_seconds,
+        },
+    }
+    grounding = max((token_prf(answer, d["page_content"])[2] for d in retrieved), default=0.0)
+    row["diagnosis"] = {
+        "retrieval_hit": bool(gold_ranks(row)),
+        "answer_f1": token_prf(answer, example.gold_answer)[2],
+        "grounded": grounding >= GROUNDED_F1,
+    }
+    return row
+
+
+def score_rows(rows: list[dict[str, Any]], metrics: dict[str, Any]) -> dict[str, float]:
+    scores: dict[str, float] = {}
+    for factory in metrics.values():
+        metric = factory()
+        metric.update(rows)
+        scores.update(metric.compute())
+    hits = [r for r in rows if r["diagnosis"]["retrieval_hit"]]
+    if rows and "gen/f1" in scores:
+        misses = [r for r in rows if not r["diagnosis"]["retrieval_hit"]]
+        for label, subset in (("hit", hits), ("miss", misses)):
+            values = [r["diagnosis"]["answer_f1"] for r in subset]
+            scores[f"gen/f1|retrieval_{label}"] = sum(values) / len(values) if values else 0.0
+    scores["count/questions"] = float(len(rows))
+    scores["count/retrieval_hits"] = float(len(hits))
+    return scores
+
+
+def stop_token_ids(tokenizer: Any, end_of_turn: str) -> tuple[list[int], list[str]]:
+    """Token ids that end a reply, plus stop strings when the end of turn is not a single token."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    strings: list[str] = []
+    if end_of_turn:
+        encoded = tokenizer(end_of_turn, add_special_tokens=False)["input_ids"]
+        if len(encoded) == 1:
+            ids.add(encoded[0])
+        else:
+            strings.append(end_of_turn)
+    return sorted(ids), strings
+
+
+def generate_answers(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[int]],
+    end_of_turn: str,
+    max_new_tokens: int = 128,
+    batch_size: int = 8,
+    progress: Callable[[int], Any] | None = None,
+) -> tuple[list[str], list[float]]:
+    """Batched greedy generation over token-id prompts, longest first; answers in input order."""
+    import torch
+
+    eos_ids, stop_strings = stop_token_ids(tokenizer, end_of_turn)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    answers: list[str] = [""] * len(prompts)
+    seconds: list[float] = [0.0] * len(prompts)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            longest = max(len(prompts[i]) for i in batch)
+            input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(batch), longest), dtype=torch.long)
+            for row, index in enumerate(batch):  # left padding: every prompt ends where generation starts
+                ids = prompts[index]
+                input_ids[row, longest - len(ids) :] = torch.tensor(ids)
+                attention[row, longest - len(ids) :] = 1
+            began = time.perf_counter()
+            with torch.inference_mode():
+                output = model.generate(
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention.to(device),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    eos_token_id=eos_ids,
+                    pad_token_id=pad_id,
+                    stop_strings=stop_strings or None,
+                    tokenizer=tokenizer if stop_strings else None,
+                    use_cache=True,
+                )
+            elapsed = (time.perf_counter() - began) / len(batch)
+            for row, index in enumerate(batch):
+                text = tokenizer.decode(output[row, longest:], skip_special_tokens=True)
+                if end_of_turn and end_of_turn in text:
+                    text = text[: text.index(end_of_turn)]
+                answers[index], seconds[index] = text.strip(), elapsed
+            if progress is not None:
+                progress(len(batch))
+    finally:
+        model.train(was_training)
+    return answers, seconds

@@ -1,0 +1,98 @@
+"""Assembling a run from component names: checked up front, built only when needed.
+
+``rqa train`` and ``rqa evaluate`` share these steps, and ``--dry_run`` runs the checking half alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from rqa.errors import RqaError
+from rqa.plugins import get_plugins
+from rqa.registry import parse_component_spec, validate_options
+from rqa.schema import Document, Example, read_documents
+
+log = logging.getLogger("rqa")
+RUNTIME_CONTEXT = frozenset({"tokenizer", "embedding_model", "top_k"})
+
+
+@dataclass
+class ComponentChoice:
+    kind: str
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, **context: Any) -> Any:
+        return get_plugins()[self.kind].create(self.name, self.options, **context)
+
+
+def choose(kind: str, spec: str, option_pairs: Sequence[str] = (), **defaults: Any) -> ComponentChoice:
+    """Resolve a name and its options against the registry; raises before anything heavy loads."""
+    name, options = parse_component_spec(spec, list(option_pairs))
+    component = get_plugins()[kind].get(name)
+    merged = {**{k: v for k, v in defaults.items() if v is not None}, **options}
+    validate_options(component, merged, context=RUNTIME_CONTEXT)
+    return ComponentChoice(kind, name, merged)
+
+
+def choose_all(checks: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Run several ``choose`` thunks and collect every problem instead of stopping at the first."""
+    results: dict[str, Any] = {}
+    problems: list[str] = []
+    for label, thunk in checks.items():
+        try:
+            results[label] = thunk()
+        except RqaError as error:
+            problems.append(str(error))
+    return results, problems
+
+
+def metric_names(requested: Sequence[str]) -> list[str]:
+    registry = get_plugins()["metrics"]
+    names: list[str] = []
+    for entry in requested:
+        for name in (n.strip() for n in entry.split(",")):
+            if name == "all":
+                names += registry.names()
+            elif name:
+                registry.get(name)  # unknown names fail here with the list of choices
+                names.append(name)
+    return list(dict.fromkeys(names))
+
+
+def metric_factories(names: Sequence[str], top_k: int) -> dict[str, Any]:
+    registry = get_plugins()["metrics"]
+    return {name: partial(registry.create, name, None, top_k=top_k) for name in names}
+
+
+def load_database(path: str | None, examples: Sequence[Example]) -> list[Document]:
+    """The document database; without one, the passages named in the QA files (with a warning)."""
+    if path:
+        return read_documents(path)
+    seen: dict[str, Document] = {}
+    for example in examples:
+        for document in (*example.gold_docs, *example.hard_neg_docs):
+            seen.setdefault(document.page_content, document)
+    log.warning(
+        "no document database given (--full_dataset_file_path / --documents): retrieving from the %d "
+        "passages found in the QA files",
+        len(seen),
+    )
+    return list(seen.values())
+
+
+def build_retriever(
+    choice: ComponentChoice, documents: list[Document], index_dir: str | Path | None, rebuild: str = "auto"
+) -> Any:
+    retriever = choice.build()
+    built = retriever.build(documents, index_dir, rebuild=rebuild, progress=True)
+    where = f" at {index_dir}" if index_dir else ""
+    log.info(
+        "%s index%s: %s (%d documents)", choice.name, where, "built" if built else "reused", len(documents)
+    )
+    return retriever

@@ -1,0 +1,209 @@
+"""``rqa train``: SFT with gold data, end-to-end evaluation while training, test predictions at the end."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from rqa.config import RqaTrainingArguments
+from rqa.display import print_scores
+from rqa.errors import RqaError
+from rqa.files import write_json_atomic
+from rqa.pipeline import ComponentChoice, build_retriever, choose, choose_all, load_database, metric_names
+from rqa.schema import Example, read_examples
+
+log = logging.getLogger("rqa")
+
+
+@dataclass
+class TrainPlan:
+    """Everything checked before a model loads (what ``--dry_run`` reports)."""
+
+    args: RqaTrainingArguments
+    formatter: ComponentChoice
+    loss: ComponentChoice
+    retriever: ComponentChoice
+    metrics: list[str]
+    train: list[Example]
+    eval: list[Example] = field(default_factory=list)
+    test: list[Example] = field(default_factory=list)
+
+
+def plan_training(args: RqaTrainingArguments) -> TrainPlan:
+    """Validate files, component names and options; report every problem at once."""
+    formatter_defaults = args.prefix_options() if args.resolved_formatter() in ("prefixes", "auto") else {}
+    checks: dict[str, Any] = {
+        "formatter": lambda: choose(
+            "formatters", args.resolved_formatter(), args.formatter_option, **formatter_defaults
+        ),
+        "loss": lambda: choose("losses", args.loss, args.loss_option),
+        "retriever": lambda: choose("retrievers", args.retriever, args.retriever_option),
+        "metrics": lambda: metric_names(args.metrics),
+    }
+    if not args.train_file:
+        checks["train"] = lambda: (_ for _ in ()).throw(RqaError("--train_file is required"))
+    else:
+        checks["train"] = lambda: read_examples(args.train_file)
+    for split in ("eval", "test"):
+        path = getattr(args, f"{split}_file")
+        if path:
+            checks[split] = partial(read_examples, path)
+    if args.full_dataset_file_path:
+        checks["documents"] = lambda: load_database(args.full_dataset_file_path, [])
+    results, problems = choose_all(checks)
+    if problems:
+        raise RqaError("the configuration has problems:\n  - " + "\n  - ".join(problems))
+    return TrainPlan(
+        args=args,
+        formatter=results["formatter"],
+        loss=results["loss"],
+        retriever=results["retriever"],
+        metrics=results["metrics"],
+        train=results["train"],
+        eval=results.get("eval", []),
+        test=results.get("test", []),
+    )
+
+
+def run_training(args: RqaTrainingArguments, console: Any) -> dict[str, Path]:
+    """Train, evaluate end to end, predict the test file; returns where the results went."""
+    plan = plan_training(args)
+    if args.dry_run:
+        console.print(
+            f"[green]configuration OK[/]: {len(plan.train)} train, {len(plan.eval)} eval, {len(plan.test)} test "
+            f"examples; formatter {plan.formatter.name}, loss {plan.loss.name}, retriever {plan.retriever.name}, "
+            f"metrics {', '.join(plan.metrics)}"
+        )
+        return {}
+
+    from rqa.data import ExampleEncoder, PaddingCollator
+    from rqa.evaluation import E2EEvaluator
+    from rqa.models import load_generator, load_tokenizer, resolve_generator
+    from rqa.pipeline import metric_factories
+    from rqa.report import plot_run
+    from rqa.trainer import RqaTrainer
+
+    output_dir = Path(args.output_dir)
+    model_path = resolve_generator(args.model_name_or_path)
+    tokenizer = load_tokenizer(model_path)
+    formatter = plan.formatter.build(tokenizer=tokenizer)
+    loss = plan.loss.build()
+    encoder = ExampleEncoder(
+        tokenizer,
+        formatter,
+        max_seq_length=args.max_seq_length,
+        supervise=loss.supervise,
+        supervise_history=args.supervise_history,
+    )
+    train_data, stats = encoder.encode_all(plan.train)
+    if not train_data:
+        raise RqaError(
+            f"--max_seq_length {args.max_seq_length} is too small: no training example's answer fits "
+            f"(first: {stats.dropped[0]})"
+        )
+    eval_data = encoder.encode_all(plan.eval)[0] if plan.eval else None
+    if eval_data is None and args.eval_strategy != "no":
+        args.eval_strategy = "no"
+        args.load_best_model_at_end = False
+    log.info("formatter %s; %d training examples encoded", plan.formatter.name, len(train_data))
+
+    model = load_generator(model_path, use_flash_attention=args.use_flash_attention, log=log.warning)
+    if args.gradient_checkpointing:
+        model.config.use_cache = False
+    if args.lora_r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        targets = args.lora_target_modules
+        lora = LoraConfig(
+            r=args.lora_r,
+            lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+            target_modules=targets[0] if targets == ["all-linear"] else targets,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+
+    evaluator = test_evaluator = None
+    if (plan.eval and args.e2e_eval) or plan.test:
+        documents = load_database(args.full_dataset_file_path, [*plan.train, *plan.eval, *plan.test])
+        retriever = build_retriever(
+            ComponentChoice(
+                "retrievers",
+                plan.retriever.name,
+                {"embedding_model": args.eval_embedding_model, **plan.retriever.options},
+            ),
+            documents,
+            args.full_dataset_index_path or output_dir / "index",
+        )
+        metrics = metric_factories(plan.metrics, args.top_k)
+        common = {
+            "encoder": encoder,
+            "retriever": retriever,
+            "metrics": metrics,
+            "top_k": args.top_k,
+            "max_new_tokens": args.max_new_tokens,
+            "batch_size": args.per_device_eval_batch_size,
+        }
+        if plan.eval and args.e2e_eval:
+            questions = plan.eval[: args.max_eval_questions] if args.max_eval_questions else plan.eval
+            evaluator = E2EEvaluator(questions, output_dir=output_dir / "eval", **common)
+        if plan.test:
+            test_evaluator = E2EEvaluator(plan.test, output_dir=output_dir, **common)
+
+    trainer = RqaTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_data,
+        eval_dataset=eval_data,
+        data_collator=PaddingCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        loss=loss,
+        e2e_evaluator=evaluator,
+    )
+    write_json_atomic(output_dir / "rqa_args.json", _resolved_args(args, plan, model_path))
+    trainer.train(resume_from_checkpoint=_resume_path(args))
+    trainer.save_model(str(output_dir))
+    trainer.save_state()
+    results = {"model": output_dir, "trainer_state": output_dir / "trainer_state.json"}
+    if test_evaluator is not None:
+        scores = test_evaluator.evaluate_model(
+            trainer.model, name="test", is_main=trainer.is_world_process_zero()
+        )
+        trainer.log({f"test_{k}": v for k, v in scores.items()})
+        trainer.save_state()
+        results["test_predictions"] = output_dir / "test-predictions.jsonl"
+        results["test_metrics"] = output_dir / "test-metrics.json"
+        print_scores(console, scores, "test")
+    if evaluator is not None:
+        results["eval"] = output_dir / "eval"
+    if trainer.is_world_process_zero():
+        picture = plot_run(trainer.state.log_history, output_dir / "report.png", top_k=args.top_k)
+        if picture is not None:
+            results["report"] = picture
+    return results
+
+
+def _resume_path(args: RqaTrainingArguments) -> str | bool | None:
+    value = args.resume_from_checkpoint
+    if value in (None, "", "false", "False"):
+        return None
+    if value in ("latest", "true", "True"):
+        return True
+    return value
+
+
+def _resolved_args(args: RqaTrainingArguments, plan: TrainPlan, model_path: str) -> dict[str, Any]:
+    resolved = args.to_dict()
+    resolved.update(
+        {
+            "resolved_model_path": model_path,
+            "resolved_formatter": {"name": plan.formatter.name, "options": plan.formatter.options},
+            "resolved_loss": {"name": plan.loss.name, "options": plan.loss.options},
+            "resolved_retriever": {"name": plan.retriever.name, "options": plan.retriever.options},
+            "resolved_metrics": plan.metrics,
+        }
+    )
+    return resolved
