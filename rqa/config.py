@@ -64,9 +64,7 @@ class RqaTrainingArguments(TrainingArguments):
     loss: str = field(default="answer-ce", metadata={"help": "Loss name (see `rqa list-plugins`)."})
     loss_option: list[str] = field(default_factory=list, metadata={"help": "Loss option KEY=VALUE."})
     retriever: str = field(default="dense-faiss", metadata={"help": "Retriever for end-to-end evaluation."})
-    retriever_option: list[str] = field(
-        default_factory=list, metadata={"help": "Retriever option KEY=VALUE."}
-    )
+    retriever_option: list[str] = field(default_factory=list, metadata={"help": "Retriever option KEY=VALUE."})
     metrics: list[str] = field(
         default_factory=lambda: ["all"],
         metadata={"help": "Metric names for end-to-end evaluation ('all' for every installed metric)."},
@@ -89,16 +87,12 @@ class RqaTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "Evaluate on the first N eval questions only (quick checks)."}
     )
     dry_run: bool = field(default=False, metadata={"help": "Validate everything, load no model, exit."})
-    config: str | None = field(
-        default=None, metadata={"help": "YAML or JSON file holding any of these flags."}
-    )
+    config: str | None = field(default=None, metadata={"help": "YAML or JSON file holding any of these flags."})
 
     # Defaults suited to the job (TrainingArguments' own are for generic training).
     output_dir: str | None = field(default="runs/rqa", metadata={"help": "Where the model and results go."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
-    warmup_steps: float = field(
-        default=0.1, metadata={"help": "Warm-up steps, or a share of all steps when below 1."}
-    )
+    warmup_steps: float = field(default=0.1, metadata={"help": "Warm-up steps, or a share of all steps when below 1."})
     warmup_ratio: float | None = field(
         default=None, metadata={"help": "Older name for a warm-up share (sets --warmup_steps)."}
     )
@@ -141,9 +135,7 @@ def _load_config_file(path: str) -> dict[str, Any]:
     try:
         data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise RqaError(
-            f"config file {path} is not valid {file.suffix.lstrip('.') or 'YAML'}: {error}"
-        ) from None
+        raise RqaError(f"config file {path} is not valid {file.suffix.lstrip('.') or 'YAML'}: {error}") from None
     if not isinstance(data, dict):
         raise RqaError(f"config file {path} must hold a mapping of flag names to values")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
@@ -166,8 +158,7 @@ def parse_train_args(argv: list[str]) -> RqaTrainingArguments:
             import difflib
 
             hints = [
-                f"'{name}'"
-                + (f" (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(name, known, 1)) else "")
+                f"'{name}'" + (f" (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(name, known, 1)) else "")
                 for name in unknown
             ]
             raise RqaError(f"config file {config_path}: unknown flags {', '.join(hints)}")

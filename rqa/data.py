@@ -93,9 +93,7 @@ class ExampleEncoder:
         trimmed = False
         for _ in range(64 + 2 * len(history) + 4 * len(passages)):
             current = replace(example, chat_history=tuple(history))
-            input_ids, labels = self.tokenize(
-                self.formatter.render(current, passages, with_answer=with_answer)
-            )
+            input_ids, labels = self.tokenize(self.formatter.render(current, passages, with_answer=with_answer))
             excess = len(input_ids) - self.max_seq_length
             if excess <= 0:
                 return input_ids, labels, trimmed

@@ -81,9 +81,27 @@ class E2EEvaluator:
         ]
         scores = score_rows(rows, self.metrics)
         if is_main and self.output_dir is not None:
-            write_jsonl_atomic(self.output_dir / f"{name}-predictions.jsonl", rows)
-            write_json_atomic(self.output_dir / f"{name}-metrics.json", scores)
+            write_results(self.output_dir, name, rows, scores)
         return scores
+
+
+def write_results(output_dir: Path, name: str, rows: list[dict[str, Any]], scores: dict[str, float]) -> None:
+    """``{name}-predictions.jsonl`` and ``{name}-metrics.json`` (no prefix when name is empty)."""
+    prefix = f"{name}-" if name else ""
+    write_jsonl_atomic(output_dir / f"{prefix}predictions.jsonl", rows)
+    write_json_atomic(output_dir / f"{prefix}metrics.json", scores)
+
+
+def evaluate_retrieval_only(
+    examples: Sequence[Example], retriever: Any, metrics: dict[str, Any], top_k: int, output_dir: Path
+) -> dict[str, float]:
+    start = time.perf_counter()
+    hits = retriever.retrieve([e.question for e in examples], top_k)
+    per_question = (time.perf_counter() - start) / max(len(examples), 1)
+    rows = [prediction_row(e, h, "", per_question, 0.0) for e, h in zip(examples, hits, strict=True)]
+    scores = score_rows(rows, metrics)
+    write_results(output_dir, "", rows, scores)
+    return scores
 
 
 def prediction_row(
@@ -123,11 +141,12 @@ def score_rows(rows: list[dict[str, Any]], metrics: dict[str, Any]) -> dict[str,
         metric.update(rows)
         scores.update(metric.compute())
     hits = [r for r in rows if r["diagnosis"]["retrieval_hit"]]
-    if rows and "gen/f1" in scores:
+    if rows and "gen/f1" in scores:  # where errors come from: retrieval misses or the generator
         misses = [r for r in rows if not r["diagnosis"]["retrieval_hit"]]
         for label, subset in (("hit", hits), ("miss", misses)):
-            values = [r["diagnosis"]["answer_f1"] for r in subset]
-            scores[f"gen/f1|retrieval_{label}"] = sum(values) / len(values) if values else 0.0
+            if subset:
+                values = [r["diagnosis"]["answer_f1"] for r in subset]
+                scores[f"gen/f1|retrieval_{label}"] = sum(values) / len(values)
     scores["count/questions"] = float(len(rows))
     scores["count/retrieval_hits"] = float(len(hits))
     return scores

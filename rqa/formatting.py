@@ -252,9 +252,7 @@ class ChatTemplateFormatter(Formatter):
         self.end_of_turn = self._find_end_of_turn()
 
     def _apply(self, messages: list[dict[str, str]], generation_prompt: bool) -> str:
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=generation_prompt
-        )
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
     def _template_accepts_system(self) -> bool:
         try:

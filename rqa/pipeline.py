@@ -87,12 +87,16 @@ def load_database(path: str | None, examples: Sequence[Example]) -> list[Documen
 
 
 def build_retriever(
-    choice: ComponentChoice, documents: list[Document], index_dir: str | Path | None, rebuild: str = "auto"
+    choice: ComponentChoice,
+    documents: list[Document],
+    index_dir: str | Path | None,
+    rebuild: str = "auto",
+    embedding_model: str | None = None,
 ) -> Any:
-    retriever = choice.build()
+    """Build the retriever (``embedding_model`` goes to factories that take one) and load or build its index."""
+    context = {"embedding_model": embedding_model} if embedding_model else {}
+    retriever = choice.build(**context)
     built = retriever.build(documents, index_dir, rebuild=rebuild, progress=True)
     where = f" at {index_dir}" if index_dir else ""
-    log.info(
-        "%s index%s: %s (%d documents)", choice.name, where, "built" if built else "reused", len(documents)
-    )
+    log.info("%s index%s: %s (%d documents)", choice.name, where, "built" if built else "reused", len(documents))
     return retriever

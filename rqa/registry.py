@@ -131,10 +131,7 @@ def validate_options(
     Every problem is reported at once, before anything heavy is built.
     """
     accepted = _option_parameters(component, set(context))
-    try:
-        hints = get_type_hints(component.factory)
-    except Exception:
-        hints = {}
+    hints = _annotations(component.factory)
     noun = SINGULAR.get(component.kind, component.kind)
     problems: list[str] = []
     converted: dict[str, Any] = {}
@@ -152,6 +149,32 @@ def validate_options(
     if problems:
         raise ComponentOptionError(f"{noun} '{component.name}': " + "; ".join(problems))
     return converted
+
+
+def _annotations(factory: Callable[..., Any]) -> dict[str, Any]:
+    """Parameter types, resolved one by one so a single unresolvable hint does not hide the others."""
+    try:
+        return get_type_hints(factory)
+    except Exception:
+        pass
+    resolved: dict[str, Any] = {}
+    namespace = getattr(factory, "__globals__", {})
+    for name, parameter in inspect.signature(factory).parameters.items():
+        annotation = parameter.annotation
+        if isinstance(annotation, str):
+            try:
+                annotation = get_type_hints(_Probe(annotation), globalns=namespace)["value"]
+            except Exception:
+                continue
+        resolved[name] = annotation
+    return resolved
+
+
+class _Probe:
+    """Lets ``get_type_hints`` resolve one annotation string on its own."""
+
+    def __init__(self, annotation: str) -> None:
+        self.__annotations__ = {"value": annotation}
 
 
 def _convert(value: Any, annotation: Any) -> Any:

@@ -135,9 +135,7 @@ def parse_example(record: Any, where: tuple[str, int]) -> Example:
         raise DataError(*where, "is empty: every example needs at least one gold passage", field="gold_docs")
     history = record.get("chat_history") or []
     if not isinstance(history, list):
-        raise DataError(
-            *where, f"must be a list of turns, got {type(history).__name__}", field="chat_history"
-        )
+        raise DataError(*where, f"must be a list of turns, got {type(history).__name__}", field="chat_history")
     negatives = record.get("hard_neg_docs") or []
     if not isinstance(negatives, list):
         raise DataError(*where, "must be a list of documents", field="hard_neg_docs")
@@ -201,8 +199,7 @@ class _LocalRQAUnpickler(pickle.Unpickler):
         if (module, name) in self.ALLOWED:
             return _PickledDocument
         raise pickle.UnpicklingError(
-            f"refusing to load '{module}.{name}': "
-            "only LocalRQA Document objects are allowed in a database pickle"
+            f"refusing to load '{module}.{name}': only LocalRQA Document objects are allowed in a database pickle"
         )
 
 

@@ -130,13 +130,10 @@ def run_training(args: RqaTrainingArguments, console: Any) -> dict[str, Path]:
     if (plan.eval and args.e2e_eval) or plan.test:
         documents = load_database(args.full_dataset_file_path, [*plan.train, *plan.eval, *plan.test])
         retriever = build_retriever(
-            ComponentChoice(
-                "retrievers",
-                plan.retriever.name,
-                {"embedding_model": args.eval_embedding_model, **plan.retriever.options},
-            ),
+            plan.retriever,
             documents,
             args.full_dataset_index_path or output_dir / "index",
+            embedding_model=args.eval_embedding_model,
         )
         metrics = metric_factories(plan.metrics, args.top_k)
         common = {
@@ -169,9 +166,7 @@ def run_training(args: RqaTrainingArguments, console: Any) -> dict[str, Path]:
     trainer.save_state()
     results = {"model": output_dir, "trainer_state": output_dir / "trainer_state.json"}
     if test_evaluator is not None:
-        scores = test_evaluator.evaluate_model(
-            trainer.model, name="test", is_main=trainer.is_world_process_zero()
-        )
+        scores = test_evaluator.evaluate_model(trainer.model, name="test", is_main=trainer.is_world_process_zero())
         trainer.log({f"test_{k}": v for k, v in scores.items()})
         trainer.save_state()
         results["test_predictions"] = output_dir / "test-predictions.jsonl"

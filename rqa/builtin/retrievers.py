@@ -10,9 +10,7 @@ def dense_faiss(embedding_model: str | None = None, batch_size: int = 64, device
     """Dense embeddings (all-MiniLM-L6-v2 embedded by default) searched in faiss."""
     from rqa.retrieval import DenseFaissRetriever
 
-    return DenseFaissRetriever(
-        "dense-faiss", embedding_model or DEFAULT_EMBEDDER, batch_size=batch_size, device=device
-    )
+    return DenseFaissRetriever("dense-faiss", embedding_model or DEFAULT_EMBEDDER, batch_size=batch_size, device=device)
 
 
 def e5_faiss(embedding_model: str | None = None, batch_size: int = 64, device: str | None = None):

@@ -1,0 +1,67 @@
+"""Builders shared by the model-level tests: the embedded tokenizer, a tiny random model, examples."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from rqa.schema import Document, Example, Turn
+
+
+@functools.lru_cache(maxsize=1)
+def embedded_tokenizer() -> Any:
+    """SmolLM2's real tokenizer (ChatML template), from the embedded model package."""
+    from rqa.models import load_tokenizer, resolve_generator
+
+    return load_tokenizer(resolve_generator(None))
+
+
+def tiny_model(tokenizer: Any, seed: int = 0) -> Any:
+    """A randomly initialised two-layer Llama with the tokenizer's vocabulary."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+def document(text: str, title: str = "Kettle care") -> Document:
+    return Document(
+        page_content=text,
+        fmt_content=f"Title: {title}\nContent: {text}",
+        metadata={"title": title},
+    )
+
+
+def example(
+    question: str = "How often should I descale?",
+    answer: str = "Descale every four weeks in hard-water areas.",
+    passages: tuple[str, ...] = ("Descale the kettle every four weeks if your water is hard.",),
+    history: tuple[tuple[str, str], ...] = (),
+) -> Example:
+    return Example(
+        question=question,
+        gold_answer=answer,
+        gold_docs=tuple(document(p) for p in passages),
+        chat_history=tuple(Turn(role, content) for role, content in history),  # type: ignore[arg-type]
+        source="test.jsonl:1",
+    )
+
+
+HISTORY = (
+    ("user", "My kettle shows E3."),
+    ("assistant", "E3 means the base is not seated; lift and reseat it."),
+)
