@@ -98,10 +98,14 @@ class ExampleEncoder:
             if excess <= 0:
                 return input_ids, labels, trimmed
             trimmed = True
-            lengths = [len(self._ids(p.text)) for p in passages]
-            if lengths and max(lengths) > 0:
+            if passages:
+                lengths = [len(self._ids(p.text)) for p in passages]
                 longest = lengths.index(max(lengths))
-                passages[longest] = self._shorten(passages[longest], excess + 4)
+                shortened = self._shorten(passages[longest], excess + 4)
+                if shortened is None:
+                    del passages[longest]
+                else:
+                    passages[longest] = shortened
             elif history:
                 # drop the oldest exchange: a user turn and the reply that follows it
                 history = history[2:] if len(history) > 1 and history[1].role == "assistant" else history[1:]
@@ -109,9 +113,12 @@ class ExampleEncoder:
                 return None
         return None
 
-    def _shorten(self, document: Document, tokens: int) -> Document:
+    def _shorten(self, document: Document, tokens: int) -> Document | None:
+        """The passage less its last ``tokens`` tokens, or None when nothing would be left."""
         ids = self._ids(document.text)
-        kept = self.tokenizer.decode(ids[: max(len(ids) - tokens, 0)]) if len(ids) > tokens else ""
+        if len(ids) <= tokens:
+            return None
+        kept = self.tokenizer.decode(ids[: len(ids) - tokens])
         return Document(page_content=document.page_content, fmt_content=kept, metadata=document.metadata)
 
     def encode_all(self, examples: Sequence[Example]) -> tuple[list[dict[str, Any]], EncodeStats]:

@@ -134,7 +134,7 @@ def load_plugins() -> PluginSet:
         try:
             module = entry_point.load()
             staged = _run_hooks(module, info, plugin_set)
-        except Exception as error:  # a broken plugin must never take the CLI down
+        except (Exception, SystemExit) as error:  # a broken plugin must never take the CLI down
             info.ok, info.error = False, _format_error(error)
             continue
         for component in staged:

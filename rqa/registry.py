@@ -7,7 +7,8 @@ import inspect
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, get_type_hints
+from functools import partial
+from typing import Any
 
 from rqa.errors import (
     ComponentOptionError,
@@ -41,7 +42,7 @@ class Component:
 
 def describe(factory: Callable[..., Any]) -> str:
     """First line of the factory's docstring: the one-line description shown by ``list-plugins``."""
-    doc = inspect.getdoc(factory) or ""
+    doc = inspect.getdoc(getattr(factory, "func", factory) if isinstance(factory, partial) else factory) or ""
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
@@ -152,29 +153,24 @@ def validate_options(
 
 
 def _annotations(factory: Callable[..., Any]) -> dict[str, Any]:
-    """Parameter types, resolved one by one so a single unresolvable hint does not hide the others."""
+    """Parameter types (string annotations resolved), one by one so one bad hint hides no others."""
     try:
-        return get_type_hints(factory)
+        parameters = inspect.signature(factory, eval_str=True).parameters
+        return {name: p.annotation for name, p in parameters.items() if p.annotation is not p.empty}
     except Exception:
         pass
+    target = factory.__init__ if inspect.isclass(factory) else getattr(factory, "func", factory)
+    namespace = getattr(target, "__globals__", {})
     resolved: dict[str, Any] = {}
-    namespace = getattr(factory, "__globals__", {})
     for name, parameter in inspect.signature(factory).parameters.items():
         annotation = parameter.annotation
         if isinstance(annotation, str):
             try:
-                annotation = get_type_hints(_Probe(annotation), globalns=namespace)["value"]
+                annotation = eval(annotation, namespace, {})  # a type expression, as typing itself does
             except Exception:
                 continue
         resolved[name] = annotation
     return resolved
-
-
-class _Probe:
-    """Lets ``get_type_hints`` resolve one annotation string on its own."""
-
-    def __init__(self, annotation: str) -> None:
-        self.__annotations__ = {"value": annotation}
 
 
 def _convert(value: Any, annotation: Any) -> Any:
@@ -183,13 +179,14 @@ def _convert(value: Any, annotation: Any) -> Any:
         return value
     target = annotation
     args = getattr(annotation, "__args__", None)
-    if args:  # Optional[X] / X | None: take the first non-None member
+    if args and type(None) in args:  # Optional[X] / X | None
+        if value.lower() in ("none", "null"):
+            return None
         members = [a for a in args if a is not type(None)]
-        target = members[0] if members else str
-        if getattr(annotation, "__origin__", None) in (list, tuple):
-            return [_convert(v.strip(), args[0]) for v in value.split(";") if v.strip()]
-    if value.lower() in ("none", "null") and args and type(None) in args:
-        return None
+        return _convert(value, members[0] if len(members) == 1 else str)
+    if getattr(annotation, "__origin__", None) in (list, tuple):
+        item = args[0] if args else str
+        return [_convert(v.strip(), item) for v in value.split(";") if v.strip()]
     if target is bool:
         lowered = value.lower()
         if lowered in ("1", "true", "yes", "on"):

@@ -220,11 +220,6 @@ def test_list_plugins_json_reports_failures(make_plugin, run_rqa):
     assert plugins["fake"]["ok"] is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: rqa.cli.main discards cli.main()'s return value; with standalone_mode=False click returns "
-    "the code of click.exceptions.Exit instead of raising it, so `list-plugins --strict` exits 0",
-)
 def test_list_plugins_strict_exits_one_when_a_plugin_failed(make_plugin, run_rqa):
     make_broken_and_good_plugins(make_plugin)
 

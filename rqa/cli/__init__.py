@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors are one clear line (``--debug`` for the traceback)."""
     args = sys.argv[1:] if argv is None else argv
     try:
-        cli.main(args=args, prog_name="rqa", standalone_mode=False)
+        code = cli.main(args=args, prog_name="rqa", standalone_mode=False)
+        if isinstance(code, int) and code:  # click returns, rather than raises, a command's exit code
+            sys.exit(code)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)

@@ -32,5 +32,5 @@ def train(ctx: click.Context) -> None:
     results = run_training(args, console)
     if results:
         console.print("[bold green]Done.[/] Results:")
-        for label, path in results.items():
-            console.print(f"  {label:<17} {path}")
+        for label, path in results.items():  # plain lines: paths must not be wrapped or styled
+            click.echo(f"  {label:<17} {path}")

@@ -1,0 +1,143 @@
+"""The real CLI, end to end, with the embedded models: train, evaluate, index."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "example"
+FAIRE = ROOT.parent / "shared" / "data" / "faire"
+RQA = str(Path(sys.executable).parent / "rqa")
+METRIC_NAMES = {
+    "retr/recall@1",
+    "retr/recall@4",
+    "retr/accuracy",
+    "retr/ndcg@4",
+    "retr/mrr",
+    "gen/f1",
+    "gen/precision",
+    "gen/recall",
+    "gen/rouge1",
+    "gen/rouge2",
+    "gen/rougeL",
+    "gen/bleu",
+    "gen/f1_retrieved",
+    "gen/answer_words",
+    "latency/retrieval_ms",
+    "latency/generation_s",
+    "latency/e2e_s",
+}
+ROW_FIELDS = {"question", "gold_answer", "generated_answer", "gold_docs", "retrieved_docs"}
+
+pytestmark = pytest.mark.slow
+
+
+def rqa(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    result = subprocess.run([RQA, *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def head(source: Path, target: Path, rows: int) -> Path:
+    target.write_text("".join(source.read_text().splitlines(keepends=True)[:rows]))
+    return target
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_train_overfits_one_batch_and_writes_every_output(tmp_path: Path) -> None:
+    train = head(EXAMPLE / "train_w_qa.jsonl", tmp_path / "train.jsonl", 4)
+    output = tmp_path / "run"
+    result = rqa(
+        "train",
+        "--train_file", str(train),
+        "--eval_file", str(head(EXAMPLE / "eval_w_qa.jsonl", tmp_path / "eval.jsonl", 2)),
+        "--test_file", str(head(EXAMPLE / "test_w_qa.jsonl", tmp_path / "test.jsonl", 2)),
+        "--full-dataset-file-path", str(EXAMPLE / "documents.jsonl"),
+        "--output_dir", str(output),
+        "--max_steps", "12",
+        "--per_device_train_batch_size", "4",
+        "--learning_rate", "3e-4",
+        "--warmup_steps", "0",
+        "--lr_scheduler_type", "constant",
+        "--logging_steps", "1",
+        "--eval_steps", "6",
+        "--save_steps", "6",
+        "--max_new_tokens", "16",
+        "--max_seq_length", "512",
+    )  # fmt: skip
+    assert str(output / "test-metrics.json") in result.stdout
+
+    state = json.loads((output / "trainer_state.json").read_text())
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert len(losses) == 12 and losses[-1] < 0.5 * losses[0], losses
+    assert any("eval_gen/f1" in entry for entry in state["log_history"])
+
+    for step in (6, 12):
+        assert set(json.loads((output / "eval" / f"step-{step}-metrics.json").read_text())) >= METRIC_NAMES
+        assert len(read_jsonl(output / "eval" / f"step-{step}-predictions.jsonl")) == 2
+    assert set(json.loads((output / "test-metrics.json").read_text())) >= METRIC_NAMES
+    rows = read_jsonl(output / "test-predictions.jsonl")
+    assert len(rows) == 2 and all(set(row) >= ROW_FIELDS for row in rows)
+    assert all(len(row["retrieved_docs"]) == 4 for row in rows)
+    assert (output / "checkpoint-6").is_dir() and (output / "checkpoint-12").is_dir()
+    assert (output / "report.png").stat().st_size > 10_000
+
+    resolved = json.loads((output / "rqa_args.json").read_text())
+    assert resolved["resolved_formatter"]["name"] == "auto" and resolved["per_device_train_batch_size"] == 4
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(output)
+    assert model.config.model_type == "llama"
+
+
+@pytest.fixture(scope="module")
+def faire_index(tmp_path_factory) -> Path:
+    if not FAIRE.exists():
+        pytest.skip("the Faire data is not available")
+    return tmp_path_factory.mktemp("faire") / "index"
+
+
+def test_evaluate_on_faire_writes_predictions_and_every_metric(tmp_path: Path, faire_index: Path) -> None:
+    data = head(FAIRE / "test_w_qa.jsonl", tmp_path / "test.jsonl", 6)
+    common = ["--data", str(data), "--documents", str(FAIRE / "documents.pkl"), "--index", str(faire_index)]
+    rqa("evaluate", *common, "--output_dir", str(tmp_path / "out"), "--max_new_tokens", "48")
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert set(metrics) >= METRIC_NAMES
+    assert metrics["retr/recall@4"] > 0.3 and metrics["gen/f1"] > 0.05
+    rows = read_jsonl(tmp_path / "out" / "predictions.jsonl")
+    assert len(rows) == 6 and all(set(row) >= ROW_FIELDS and row["generated_answer"] for row in rows)
+    assert (faire_index / "manifest.json").exists()
+
+    # the index is reused on the next run; --check confirms it matches
+    result = rqa("index", "--documents", str(FAIRE / "documents.pkl"), "--index", str(faire_index), "--check")
+    assert "reused" in result.stdout
+
+
+def test_train_with_the_bm25_plugin_retriever(tmp_path: Path) -> None:
+    pytest.importorskip("rqa_bm25")
+    output = tmp_path / "run"
+    rqa(
+        "train",
+        "--train_file", str(head(EXAMPLE / "train_w_qa.jsonl", tmp_path / "train.jsonl", 4)),
+        "--test_file", str(head(EXAMPLE / "test_w_qa.jsonl", tmp_path / "test.jsonl", 3)),
+        "--full_dataset_file_path", str(EXAMPLE / "documents.jsonl"),
+        "--retriever", "bm25",
+        "--retriever_option", "k1=1.2",
+        "--output_dir", str(output),
+        "--max_steps", "1",
+        "--max_new_tokens", "8",
+        "--metrics", "retrieval", "token-f1",
+    )  # fmt: skip
+    metrics = json.loads((output / "test-metrics.json").read_text())
+    assert metrics["retr/recall@4"] >= 2 / 3
+    manifest = json.loads((output / "index" / "manifest.json").read_text())
+    assert manifest["retriever"] == "bm25"

@@ -1,0 +1,85 @@
+"""The trainer's losses equal plain torch references computed from full logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import HISTORY, embedded_tokenizer, example, tiny_model
+
+from rqa.data import IGNORE_INDEX, ExampleEncoder, PaddingCollator
+from rqa.plugins import get_plugins
+from rqa.trainer import RqaTrainer, split_backbone_and_head
+
+
+def batch_for(supervise: str) -> dict:
+    tokenizer = embedded_tokenizer()
+    formatter = get_plugins()["formatters"].create("chatml", {}, tokenizer=tokenizer)
+    encoder = ExampleEncoder(tokenizer, formatter, supervise=supervise)
+    items = [encoder.encode(example()), encoder.encode(example(history=HISTORY)), encoder.encode(example("Q?"))]
+    return PaddingCollator(tokenizer.pad_token_id)(items)
+
+
+def reference(model, batch, smoothing: float = 0.0) -> torch.Tensor:
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)),
+        batch["labels"][:, 1:].reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        label_smoothing=smoothing,
+    )
+
+
+def trainer_loss(model, batch, loss_name: str, tmp_path, **options) -> torch.Tensor:
+    from transformers import TrainingArguments
+
+    loss = get_plugins()["losses"].create(loss_name, options)
+    trainer = RqaTrainer(
+        model=model,
+        args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True),
+        loss=loss,
+    )
+    inputs = {k: v.clone() for k, v in batch.items()}
+    return trainer.compute_loss(model, inputs)
+
+
+@pytest.mark.parametrize(
+    ("loss_name", "supervise", "options", "smoothing"),
+    [
+        ("answer-ce", "answer", {}, 0.0),
+        ("sequence-ce", "sequence", {}, 0.0),
+        ("label-smoothed-ce", "answer", {"smoothing": "0.2"}, 0.2),
+    ],
+)
+def test_loss_matches_torch_reference(loss_name, supervise, options, smoothing, tmp_path) -> None:
+    model = tiny_model(embedded_tokenizer())
+    batch = batch_for(supervise)
+    expected = reference(model, batch, smoothing)
+    actual = trainer_loss(model, batch, loss_name, tmp_path, **options)
+    assert torch.allclose(actual, expected, atol=1e-5), (actual, expected)
+
+
+def test_sequence_loss_ignores_padding_and_answer_loss_ignores_prompt() -> None:
+    answer = batch_for("answer")
+    sequence = batch_for("sequence")
+    padding = sequence["attention_mask"] == 0
+    assert padding.any() and (sequence["labels"][padding] == IGNORE_INDEX).all()
+    assert (answer["labels"] != IGNORE_INDEX).sum() < (sequence["labels"] != IGNORE_INDEX).sum() / 4
+
+
+def test_lm_head_is_applied_only_at_supervised_positions(tmp_path) -> None:
+    model = tiny_model(embedded_tokenizer())
+    backbone, head = split_backbone_and_head(model)
+    assert head is model.lm_head and backbone is model.model
+    seen: list[int] = []
+    head.register_forward_hook(lambda module, args, output: seen.append(args[0].shape[0]))
+    batch = batch_for("answer")
+    from transformers import TrainingArguments
+
+    trainer = RqaTrainer(
+        model=model,
+        args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True),
+        loss=get_plugins()["losses"].create("answer-ce"),
+    )
+    trainer.compute_loss(model, dict(batch))
+    assert seen == [int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())]
