@@ -1,0 +1,113 @@
+"""``rqa train`` flags: LocalRQA's command lines parse unchanged; --config files; dry runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rqa.config import parse_train_args
+from rqa.errors import RqaError
+from rqa.training import plan_training
+
+ROOT = Path(__file__).resolve().parents[1]
+RQA = str(Path(sys.executable).parent / "rqa")
+
+# LocalRQA's documented SFT command for Mistral-7B-Instruct (paths adapted, DeepSpeed left out)
+LOCALRQA_MISTRAL = """
+--use_flash_attention true --per_device_train_batch_size 4 --per_device_eval_batch_size 4
+--learning_rate 5e-6 --num_train_epochs 2 --gradient_accumulation_steps 2 --bf16 false
+--model_name_or_path mistralai/Mistral-7B-Instruct-v0.2 --assistant_prefix [/INST] --user_prefix <s>[INST]
+--sep_user SPACE --sep_sys </s> --eval_embedding_model intfloat/e5-base-v2 --logging_steps 10
+--eval_steps 30 --save_steps 30 --output_dir model_checkpoints/databricks_exp --run_group databricks
+--train_file example/train_w_qa.jsonl --eval_file example/eval_w_qa.jsonl --test_file example/test_w_qa.jsonl
+--full_dataset_file_path example/documents.jsonl --full_dataset_index_path example/index --max_seq_length 2048
+"""
+
+
+def localrqa_argv() -> list[str]:
+    return [" " if token == "SPACE" else token for token in LOCALRQA_MISTRAL.split()]
+
+
+def test_localrqa_mistral_command_parses_into_the_same_settings() -> None:
+    args = parse_train_args(localrqa_argv())
+    assert args.model_name_or_path == "mistralai/Mistral-7B-Instruct-v0.2"
+    assert args.use_flash_attention is True and args.bf16 is False
+    assert (args.user_prefix, args.assistant_prefix, args.sep_user, args.sep_sys) == (
+        "<s>[INST]",
+        "[/INST]",
+        " ",
+        "</s>",
+    )
+    assert args.learning_rate == 5e-6 and args.num_train_epochs == 2 and args.gradient_accumulation_steps == 2
+    assert args.per_device_train_batch_size == 4 and args.eval_steps == 30 and args.save_steps == 30
+    assert args.eval_embedding_model == "intfloat/e5-base-v2" and args.max_seq_length == 2048
+    assert args.run_group == "databricks" and args.full_dataset_index_path == "example/index"
+    # prefix flags without --formatter select LocalRQA's prefix format, with those prefixes
+    assert args.resolved_formatter() == "prefixes"
+    plan = plan_training(args)
+    assert plan.formatter.name == "prefixes"
+    assert plan.formatter.options == {
+        "user_prefix": "<s>[INST]",
+        "assistant_prefix": "[/INST]",
+        "sep_user": " ",
+        "sep_sys": "</s>",
+    }
+    rendered = plan.formatter.build(tokenizer=None).render(plan.train[0], plan.train[0].gold_docs)
+    assert rendered.prompt.endswith(f"<s>[INST]: {plan.train[0].question} [/INST]:")
+
+
+def test_dash_and_underscore_spellings_and_defaults() -> None:
+    args = parse_train_args(["--train-file", "a.jsonl", "--per-device-train-batch-size", "2", "--top_k", "3"])
+    assert args.train_file == "a.jsonl" and args.per_device_train_batch_size == 2 and args.top_k == 3
+    assert args.report_to == [] and args.lr_scheduler_type == "cosine" and args.warmup_steps == 0.1
+    assert args.resolved_formatter() == "auto" and args.loss == "answer-ce"
+    assert parse_train_args(["--warmup_ratio", "0.05"]).warmup_steps == 0.05
+
+
+def test_config_file_supplies_defaults_the_command_line_overrides(tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("train_file: t.jsonl\nlearning_rate: 1.0e-4\nmetrics: [retrieval, rouge]\ntop-k: 2\n")
+    args = parse_train_args(["--config", str(config), "--learning_rate", "2e-4"])
+    assert args.train_file == "t.jsonl" and args.learning_rate == 2e-4
+    assert args.metrics == ["retrieval", "rouge"] and args.top_k == 2
+    json_config = tmp_path / "run.json"
+    json_config.write_text('{"train_file": "j.jsonl", "num_train_epochs": 3}')
+    assert parse_train_args(["--config", str(json_config)]).num_train_epochs == 3
+
+
+def test_unknown_config_keys_are_named_with_a_suggestion(tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("train_file: t.jsonl\nlearning_rat: 1\n")
+    with pytest.raises(RqaError, match="unknown flags 'learning_rat' \\(did you mean 'learning_rate'\\?\\)"):
+        parse_train_args(["--config", str(config)])
+
+
+def test_plan_reports_every_problem_at_once() -> None:
+    args = parse_train_args(
+        ["--train_file", "example/missing.jsonl", "--formatter", "chatmll", "--loss", "label-smoothed-ce:smoothing=x",
+         "--metrics", "rouge", "blue"]
+    )  # fmt: skip
+    with pytest.raises(RqaError) as caught:
+        plan_training(args)
+    message = str(caught.value)
+    assert "Did you mean 'chatml'?" in message
+    assert "option 'smoothing': expected float, got 'x'" in message
+    assert "unknown metric 'blue'. Did you mean 'bleu'?" in message
+    assert "missing.jsonl: cannot be read" in message
+
+
+def test_dry_run_checks_without_loading_a_model() -> None:
+    result = subprocess.run(
+        [RQA, "train", "--config", "example/config.yaml", "--dry_run", "true"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "configuration OK: 44 train, 10 eval, 10 test examples" in " ".join(result.stdout.split())
+    bad = subprocess.run(
+        [RQA, "train", "--train_file", "example/train_w_qa.jsonl", "--retriever", "nope", "--dry_run", "true"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 1 and "unknown retriever 'nope'" in bad.stderr and "Traceback" not in bad.stderr
