@@ -104,7 +104,7 @@ def localrqa_pickle(path: Path, documents: list[dict]) -> Path:
 
     module = types.ModuleType("local_rqa.schema.document")
 
-    class Document:  # noqa: D401 - mirrors LocalRQA's dataclass layout
+    class Document:  # LocalRQA's class, stateful through __dict__
         pass
 
     Document.__module__ = "local_rqa.schema.document"
