@@ -7,6 +7,7 @@ One dataclass subclassing ``TrainingArguments`` (as TRL's ``SFTConfig`` does), p
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,8 @@ class RqaTrainingArguments(TrainingArguments):
             self.warmup_steps = self.warmup_ratio
         if self.evaluation_strategy is not None:
             self.eval_strategy = self.evaluation_strategy
+        if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_accelerator():
+            self.use_cpu = True  # accelerate sets up multi-process CPU training (gloo) only when asked for the CPU
         super().__post_init__()
 
     def resolved_formatter(self) -> str:
@@ -124,6 +127,12 @@ class RqaTrainingArguments(TrainingArguments):
 
     def prefix_options(self) -> dict[str, str]:
         return {f: getattr(self, f) for f in PREFIX_FLAGS if getattr(self, f) is not None}
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
 
 
 def _load_config_file(path: str) -> dict[str, Any]:

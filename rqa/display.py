@@ -29,6 +29,11 @@ def print_scores(console: Any, scores: dict[str, float], title: str) -> None:
     table = Table(title=f"{title} metrics", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    table.add_column("95% interval", justify="right")
     for key, value in scores.items():
-        table.add_row(key, f"{value:.4f}")
+        if key.startswith(("ci95_low/", "ci95_high/")):
+            continue
+        low, high = scores.get(f"ci95_low/{key}"), scores.get(f"ci95_high/{key}")
+        interval = f"{low:.3f} – {high:.3f}" if low is not None and high is not None else ""
+        table.add_row(key, f"{value:.4f}" if not key.startswith("count/") else f"{value:.0f}", interval)
     console.print(table)

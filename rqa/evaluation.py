@@ -57,32 +57,57 @@ class E2EEvaluator:
 
     def generate(self, model: Any, prompts: Sequence[list[int]]) -> tuple[list[str], list[float]]:
         """Greedy answers for token-id prompts, and the seconds spent per question."""
-        return generate_answers(
-            model,
-            self.encoder.tokenizer,
-            prompts,
-            end_of_turn=self.encoder.formatter.end_of_turn,
-            max_new_tokens=self.max_new_tokens,
-            batch_size=self.batch_size,
-        )
+        from rich.progress import Progress
+
+        with Progress(transient=True) as progress:
+            task = progress.add_task("generating answers", total=len(prompts))
+            return generate_answers(
+                model,
+                self.encoder.tokenizer,
+                prompts,
+                end_of_turn=self.encoder.formatter.end_of_turn,
+                max_new_tokens=self.max_new_tokens,
+                batch_size=self.batch_size,
+                progress=lambda done: progress.advance(task, done),
+            )
 
     def evaluate_model(self, model: Any, name: str = "final", is_main: bool = True) -> dict[str, float]:
+        """Score ``model``; under several processes each rank answers its share and all see every row."""
         retrieved = self.retrieve()
-        prompts = [
-            self.encoder.prompt_ids(example, [doc for doc, _ in hits])
-            for example, hits in zip(self.examples, retrieved.passages, strict=True)
-        ]
+        rank, world = distributed_rank_and_size()
+        mine = list(range(rank, len(self.examples), world))
+        prompts = [self.encoder.prompt_ids(self.examples[i], [doc for doc, _ in retrieved.passages[i]]) for i in mine]
         answers, generation_seconds = self.generate(model, prompts)
-        rows = [
-            prediction_row(example, hits, answer, retrieved.seconds_per_question, seconds)
-            for example, hits, answer, seconds in zip(
-                self.examples, retrieved.passages, answers, generation_seconds, strict=True
-            )
+        local_rows = [
+            (i, prediction_row(self.examples[i], retrieved.passages[i], answer, retrieved.seconds_per_question, sec))
+            for i, answer, sec in zip(mine, answers, generation_seconds, strict=True)
         ]
+        rows = [row for _, row in sorted(gather_from_ranks(local_rows, world), key=lambda pair: pair[0])]
         scores = score_rows(rows, self.metrics)
         if is_main and self.output_dir is not None:
             write_results(self.output_dir, name, rows, scores)
         return scores
+
+
+def distributed_rank_and_size() -> tuple[int, int]:
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return 0, 1
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_from_ranks(items: list[Any], world: int) -> list[Any]:
+    """Every rank's items, on every rank (a no-op in a single process)."""
+    if world == 1:
+        return items
+    import torch.distributed as dist
+
+    gathered: list[list[Any] | None] = [None] * world
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in (part or [])]
 
 
 def write_results(output_dir: Path, name: str, rows: list[dict[str, Any]], scores: dict[str, float]) -> None:
@@ -147,9 +172,41 @@ def score_rows(rows: list[dict[str, Any]], metrics: dict[str, Any]) -> dict[str,
             if subset:
                 values = [r["diagnosis"]["answer_f1"] for r in subset]
                 scores[f"gen/f1|retrieval_{label}"] = sum(values) / len(values)
+    scores.update(bootstrap_intervals(rows, metrics))
     scores["count/questions"] = float(len(rows))
     scores["count/retrieval_hits"] = float(len(hits))
     return scores
+
+
+def is_headline(key: str) -> bool:
+    return key in ("gen/f1", "gen/rougeL") or (key.startswith("retr/recall@") and key != "retr/recall@1")
+
+
+def bootstrap_intervals(
+    rows: list[dict[str, Any]], metrics: dict[str, Any], resamples: int = 1000, seed: int = 0
+) -> dict[str, float]:
+    """95 % bootstrap intervals of the headline metrics (eval sets are small): ``ci95_low/NAME``, ``ci95_high/NAME``."""
+    import numpy as np
+
+    if len(rows) < 2:
+        return {}
+    per_row: dict[str, list[float]] = {}
+    for factory in metrics.values():
+        metric = factory()
+        if not hasattr(metric, "per_row"):
+            continue
+        for row in rows:
+            for key, value in metric.per_row(row).items():
+                if is_headline(key):
+                    per_row.setdefault(key, []).append(value)
+    generator = np.random.default_rng(seed)
+    picks = generator.integers(0, len(rows), size=(resamples, len(rows)))
+    intervals: dict[str, float] = {}
+    for key, values in per_row.items():
+        means = np.asarray(values)[picks].mean(axis=1)
+        intervals[f"ci95_low/{key}"] = float(np.percentile(means, 2.5))
+        intervals[f"ci95_high/{key}"] = float(np.percentile(means, 97.5))
+    return intervals
 
 
 def stop_token_ids(tokenizer: Any, end_of_turn: str) -> tuple[list[int], list[str]]:

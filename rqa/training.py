@@ -129,12 +129,13 @@ def run_training(args: RqaTrainingArguments, console: Any) -> dict[str, Path]:
     evaluator = test_evaluator = None
     if (plan.eval and args.e2e_eval) or plan.test:
         documents = load_database(args.full_dataset_file_path, [*plan.train, *plan.eval, *plan.test])
-        retriever = build_retriever(
-            plan.retriever,
-            documents,
-            args.full_dataset_index_path or output_dir / "index",
-            embedding_model=args.eval_embedding_model,
-        )
+        with args.main_process_first(desc="building the retrieval index"):  # one process builds, the rest reuse
+            retriever = build_retriever(
+                plan.retriever,
+                documents,
+                args.full_dataset_index_path or output_dir / "index",
+                embedding_model=args.eval_embedding_model,
+            )
         metrics = metric_factories(plan.metrics, args.top_k)
         common = {
             "encoder": encoder,
@@ -160,24 +161,28 @@ def run_training(args: RqaTrainingArguments, console: Any) -> dict[str, Path]:
         loss=loss,
         e2e_evaluator=evaluator,
     )
-    write_json_atomic(output_dir / "rqa_args.json", _resolved_args(args, plan, model_path))
+    is_main = trainer.is_world_process_zero()
+    if is_main:
+        write_json_atomic(output_dir / "rqa_args.json", _resolved_args(args, plan, model_path))
     trainer.train(resume_from_checkpoint=_resume_path(args))
     trainer.save_model(str(output_dir))
     trainer.save_state()
     results = {"model": output_dir, "trainer_state": output_dir / "trainer_state.json"}
     if test_evaluator is not None:
-        scores = test_evaluator.evaluate_model(trainer.model, name="test", is_main=trainer.is_world_process_zero())
+        scores = test_evaluator.evaluate_model(trainer.model, name="test", is_main=is_main)
         trainer.log({f"test_{k}": v for k, v in scores.items()})
         trainer.save_state()
         results["test_predictions"] = output_dir / "test-predictions.jsonl"
         results["test_metrics"] = output_dir / "test-metrics.json"
-        print_scores(console, scores, "test")
+        if is_main:
+            print_scores(console, scores, "test")
     if evaluator is not None:
         results["eval"] = output_dir / "eval"
-    if trainer.is_world_process_zero():
-        picture = plot_run(trainer.state.log_history, output_dir / "report.png", top_k=args.top_k)
-        if picture is not None:
-            results["report"] = picture
+    if not is_main:
+        return {}  # the main process reports
+    picture = plot_run(trainer.state.log_history, output_dir / "report.png", top_k=args.top_k)
+    if picture is not None:
+        results["report"] = picture
     return results
 
 

@@ -91,3 +91,15 @@ def run_rqa(plugin_root: Path) -> Callable[..., subprocess.CompletedProcess[str]
         )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama saved with SmolLM2's tokenizer: the real CLI trains it in seconds."""
+    from helpers import embedded_tokenizer, tiny_model
+
+    directory = tmp_path_factory.mktemp("tiny-model")
+    tokenizer = embedded_tokenizer()
+    tiny_model(tokenizer).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
