@@ -75,6 +75,21 @@ class RqaTrainingArguments(TrainingArguments):
     supervise_history: bool = field(
         default=False, metadata={"help": "Also train on earlier assistant turns of the chat history."}
     )
+    train_context: str = field(
+        default="gold",
+        metadata={
+            "help": "Passages shown in training: 'gold' (gold passages only, LocalRQA's SFT) or 'raft' (gold "
+            "mixed with distractors, shuffled, sometimes left out)."
+        },
+    )
+    raft_distractors: int = field(default=3, metadata={"help": "Distractor passages per example ('raft')."})
+    raft_keep_gold: float = field(
+        default=0.8, metadata={"help": "Share of 'raft' examples that keep their gold passage."}
+    )
+    raft_source: str = field(
+        default="hard-negatives",
+        metadata={"help": "Where distractors come from: 'hard-negatives' (the records') or 'retriever'."},
+    )
     lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains every weight."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})

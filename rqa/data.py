@@ -9,7 +9,7 @@ history; an example is dropped only when its answer alone cannot fit.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -121,11 +121,16 @@ class ExampleEncoder:
         kept = self.tokenizer.decode(ids[: len(ids) - tokens])
         return Document(page_content=document.page_content, fmt_content=kept, metadata=document.metadata)
 
-    def encode_all(self, examples: Sequence[Example]) -> tuple[list[dict[str, Any]], EncodeStats]:
+    def encode_all(
+        self,
+        examples: Sequence[Example],
+        passages: Callable[[Example, int], Sequence[Document]] | None = None,
+    ) -> tuple[list[dict[str, Any]], EncodeStats]:
+        """Encode every example (with ``passages(example, index)`` as its context, default its gold ones)."""
         stats = EncodeStats()
         encoded: list[dict[str, Any]] = []
-        for example in examples:
-            item = self.encode(example)
+        for index, example in enumerate(examples):
+            item = self.encode(example, passages(example, index) if passages else None)
             if item is None:
                 stats.dropped.append(example.source)
                 continue

@@ -53,6 +53,8 @@ def plan_training(args: RqaTrainingArguments) -> TrainPlan:
             checks[split] = partial(read_examples, path)
     if args.full_dataset_file_path:
         checks["documents"] = lambda: load_database(args.full_dataset_file_path, [])
+    checks["train_context"] = lambda: _check_choice("--train_context", args.train_context, ("gold", "raft"))
+    checks["raft_source"] = lambda: _check_choice("--raft_source", args.raft_source, ("hard-negatives", "retriever"))
     results, problems = choose_all(checks)
     if problems:
         raise RqaError("the configuration has problems:\n  - " + "\n  - ".join(problems))
@@ -68,6 +70,12 @@ def plan_training(args: RqaTrainingArguments) -> TrainPlan:
     )
 
 
+def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise RqaError(f"{flag} must be one of {', '.join(choices)}, got '{value}'")
+    return value
+
+
 def run_training(args: RqaTrainingArguments, console: Any) -> dict[str, Path]:
     """Train, evaluate end to end, predict the test file; returns where the results went."""
     plan = plan_training(args)
@@ -81,7 +89,7 @@ def run_training(args: RqaTrainingArguments, console: Any) -> dict[str, Path]:
 
     from rqa.data import ExampleEncoder, PaddingCollator
     from rqa.evaluation import E2EEvaluator
-    from rqa.models import load_generator, load_tokenizer, resolve_generator
+    from rqa.models import load_tokenizer, resolve_generator
     from rqa.pipeline import metric_factories
     from rqa.report import plot_run
     from rqa.trainer import RqaTrainer
@@ -89,16 +97,17 @@ def run_training(args: RqaTrainingArguments, console: Any) -> dict[str, Path]:
     output_dir = Path(args.output_dir)
     model_path = resolve_generator(args.model_name_or_path)
     tokenizer = load_tokenizer(model_path)
-    formatter = plan.formatter.build(tokenizer=tokenizer)
     loss = plan.loss.build()
     encoder = ExampleEncoder(
         tokenizer,
-        formatter,
+        plan.formatter.build(tokenizer=tokenizer),
         max_seq_length=args.max_seq_length,
         supervise=loss.supervise,
         supervise_history=args.supervise_history,
     )
-    train_data, stats = encoder.encode_all(plan.train)
+    needs_retriever = (plan.eval and args.e2e_eval) or plan.test or args.raft_source == "retriever"
+    retriever = _prepare_retriever(args, plan, output_dir) if needs_retriever else None
+    train_data, stats = encoder.encode_all(plan.train, _training_context(args, plan, retriever))
     if not train_data:
         raise RqaError(
             f"--max_seq_length {args.max_seq_length} is too small: no training example's answer fits "
@@ -109,38 +118,14 @@ def run_training(args: RqaTrainingArguments, console: Any) -> dict[str, Path]:
         args.eval_strategy = "no"
         args.load_best_model_at_end = False
     log.info("formatter %s; %d training examples encoded", plan.formatter.name, len(train_data))
-
-    model = load_generator(model_path, use_flash_attention=args.use_flash_attention, log=log.warning)
-    if args.gradient_checkpointing:
-        model.config.use_cache = False
-    if args.lora_r > 0:
-        from peft import LoraConfig, get_peft_model
-
-        targets = args.lora_target_modules
-        lora = LoraConfig(
-            r=args.lora_r,
-            lora_alpha=args.lora_alpha,
-            lora_dropout=args.lora_dropout,
-            target_modules=targets[0] if targets == ["all-linear"] else targets,
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lora)
+    model = _load_model(args, model_path)
 
     evaluator = test_evaluator = None
-    if (plan.eval and args.e2e_eval) or plan.test:
-        documents = load_database(args.full_dataset_file_path, [*plan.train, *plan.eval, *plan.test])
-        with args.main_process_first(desc="building the retrieval index"):  # one process builds, the rest reuse
-            retriever = build_retriever(
-                plan.retriever,
-                documents,
-                args.full_dataset_index_path or output_dir / "index",
-                embedding_model=args.eval_embedding_model,
-            )
-        metrics = metric_factories(plan.metrics, args.top_k)
+    if retriever is not None:
         common = {
             "encoder": encoder,
             "retriever": retriever,
-            "metrics": metrics,
+            "metrics": metric_factories(plan.metrics, args.top_k),
             "top_k": args.top_k,
             "max_new_tokens": args.max_new_tokens,
             "batch_size": args.per_device_eval_batch_size,
@@ -176,7 +161,7 @@ def run_training(args: RqaTrainingArguments, console: Any) -> dict[str, Path]:
         results["test_metrics"] = output_dir / "test-metrics.json"
         if is_main:
             print_scores(console, scores, "test")
-    if evaluator is not None:
+    if (output_dir / "eval").is_dir():
         results["eval"] = output_dir / "eval"
     if not is_main:
         return {}  # the main process reports
@@ -184,6 +169,53 @@ def run_training(args: RqaTrainingArguments, console: Any) -> dict[str, Path]:
     if picture is not None:
         results["report"] = picture
     return results
+
+
+def _prepare_retriever(args: RqaTrainingArguments, plan: TrainPlan, output_dir: Path) -> Any:
+    documents = load_database(args.full_dataset_file_path, [*plan.train, *plan.eval, *plan.test])
+    with args.main_process_first(desc="building the retrieval index"):  # one process builds, the rest reuse
+        return build_retriever(
+            plan.retriever,
+            documents,
+            args.full_dataset_index_path or output_dir / "index",
+            embedding_model=args.eval_embedding_model,
+        )
+
+
+def _training_context(args: RqaTrainingArguments, plan: TrainPlan, retriever: Any) -> Any:
+    """None for gold passages only; otherwise ``(example, index) -> passages`` mixing in distractors."""
+    if args.train_context == "gold":
+        return None
+    from rqa.context import RaftContext, hard_negatives, retrieved_negatives
+
+    raft = RaftContext(args.raft_distractors, args.raft_keep_gold, args.seed)
+    if args.raft_source == "retriever":
+        k = args.raft_distractors + max(len(e.gold_docs) for e in plan.train)
+        candidates = retrieved_negatives(retriever, plan.train, k)
+    else:
+        candidates = hard_negatives
+    return lambda example, index: raft.passages(example, index, candidates(example))
+
+
+def _load_model(args: RqaTrainingArguments, model_path: str) -> Any:
+    from rqa.models import load_generator
+
+    model = load_generator(model_path, use_flash_attention=args.use_flash_attention, log=log.warning)
+    if args.gradient_checkpointing:
+        model.config.use_cache = False
+    if args.lora_r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        targets = args.lora_target_modules
+        lora = LoraConfig(
+            r=args.lora_r,
+            lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+            target_modules=targets[0] if targets == ["all-linear"] else targets,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    return model
 
 
 def _resume_path(args: RqaTrainingArguments) -> str | bool | None:
