@@ -75,6 +75,13 @@ class RqaTrainingArguments(TrainingArguments):
     supervise_history: bool = field(
         default=False, metadata={"help": "Also train on earlier assistant turns of the chat history."}
     )
+    padding_free: str = field(
+        default="auto",
+        metadata={
+            "help": "Pack each batch into one row without padding: 'true', 'false', or 'auto' (with "
+            "flash-attention 2, whose variable-length kernel makes packing pure gain)."
+        },
+    )
     train_context: str = field(
         default="gold",
         metadata={

@@ -54,6 +54,7 @@ def plan_training(args: RqaTrainingArguments) -> TrainPlan:
     if args.full_dataset_file_path:
         checks["documents"] = lambda: load_database(args.full_dataset_file_path, [])
     checks["train_context"] = lambda: _check_choice("--train_context", args.train_context, ("gold", "raft"))
+    checks["padding_free"] = lambda: _check_choice("--padding_free", args.padding_free, ("auto", "true", "false"))
     checks["raft_source"] = lambda: _check_choice("--raft_source", args.raft_source, ("hard-negatives", "retriever"))
     results, problems = choose_all(checks)
     if problems:
@@ -87,7 +88,7 @@ def run_training(args: RqaTrainingArguments, console: Any) -> dict[str, Path]:
         )
         return {}
 
-    from rqa.data import ExampleEncoder, PaddingCollator
+    from rqa.data import ExampleEncoder
     from rqa.evaluation import E2EEvaluator
     from rqa.models import load_tokenizer, resolve_generator
     from rqa.pipeline import metric_factories
@@ -141,7 +142,7 @@ def run_training(args: RqaTrainingArguments, console: Any) -> dict[str, Path]:
         args=args,
         train_dataset=train_data,
         eval_dataset=eval_data,
-        data_collator=PaddingCollator(tokenizer.pad_token_id),
+        data_collator=_collator(args, model, tokenizer),
         processing_class=tokenizer,
         loss=loss,
         e2e_evaluator=evaluator,
@@ -195,6 +196,18 @@ def _training_context(args: RqaTrainingArguments, plan: TrainPlan, retriever: An
     else:
         candidates = hard_negatives
     return lambda example, index: raft.passages(example, index, candidates(example))
+
+
+def _collator(args: RqaTrainingArguments, model: Any, tokenizer: Any) -> Any:
+    from rqa.data import PackingCollator, PaddingCollator
+
+    packed = args.padding_free == "true" or (
+        args.padding_free == "auto" and getattr(model.config, "_attn_implementation", "") == "flash_attention_2"
+    )
+    if packed:
+        log.info("padding-free batches: each batch is packed into one row")
+        return PackingCollator()
+    return PaddingCollator(tokenizer.pad_token_id)
 
 
 def _load_model(args: RqaTrainingArguments, model_path: str) -> Any:

@@ -83,3 +83,21 @@ def test_lm_head_is_applied_only_at_supervised_positions(tmp_path) -> None:
     )
     trainer.compute_loss(model, dict(batch))
     assert seen == [int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())]
+
+
+def test_packed_batch_gives_the_same_loss_as_the_padded_batch(tmp_path) -> None:
+    from rqa.data import PackingCollator
+
+    tokenizer = embedded_tokenizer()
+    formatter = get_plugins()["formatters"].create("chatml", {}, tokenizer=tokenizer)
+    encoder = ExampleEncoder(tokenizer, formatter)
+    items = [encoder.encode(example()), encoder.encode(example(history=HISTORY)), encoder.encode(example("Q?"))]
+    model = tiny_model(tokenizer)
+    padded = trainer_loss(model, PaddingCollator(tokenizer.pad_token_id)(items), "answer-ce", tmp_path)
+    packed_batch = PackingCollator()(items)
+    assert packed_batch["input_ids"].shape == (1, sum(len(i["input_ids"]) for i in items))
+    packed = trainer_loss(model, packed_batch, "answer-ce", tmp_path)
+    assert torch.allclose(packed, padded, atol=1e-5), (packed, padded)
+    # without restarting positions the examples would see each other, and the loss would differ
+    leaky = {k: v for k, v in packed_batch.items() if k != "position_ids"}
+    assert not torch.allclose(trainer_loss(model, leaky, "answer-ce", tmp_path), padded, atol=1e-4)
