@@ -105,6 +105,8 @@ class DenseFaissRetriever:
                 raise IndexMismatchError(f"index {index_dir} cannot be reused: {problem}")
             if Path(index_dir).exists():
                 log.info("rebuilding index %s: %s", index_dir, problem)
+        if not self.documents:
+            raise RqaError("cannot index an empty document database")
         vectors = self.encode([self.passage_prefix + d.text for d in self.documents], progress=progress)
         index = faiss.IndexFlatIP(vectors.shape[1])
         index.add(vectors)
@@ -133,6 +135,8 @@ def _check_index(index_dir: Path, expected: dict[str, Any]) -> str | None:
         found = json.loads(manifest_path.read_text())
     except (OSError, json.JSONDecodeError):
         return "its manifest is unreadable"
+    if not isinstance(found, dict):
+        return "its manifest is unreadable"
     changed = [key for key, value in expected.items() if found.get(key) != value]
     if changed:
         return "it was built for a different " + ", ".join(changed)
@@ -151,6 +155,8 @@ def _write_index_atomically(index_dir: Path, index: Any, manifest: dict[str, Any
     import faiss
 
     index_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in index_dir.parent.glob(f".{index_dir.name}.old-*"):  # left by a crash mid-swap; never trusted
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.building-", dir=index_dir.parent))
     try:
         faiss.write_index(index, str(staging / INDEX_FILE))

@@ -258,8 +258,8 @@ def test_grounding_is_best_token_f1_over_retrieved_passages() -> None:
     rows = [
         {
             "generated_answer": "descale every four weeks",
-            # 4 answer tokens all in the 8-token passage: p = 1, r = 1/2, F1 = 2/3
-            "retrieved_docs": docs("Unrelated text about shoes.", "Descale the kettle every four weeks if water is hard."),
+            # 4 answer tokens, all in the 8-token passage: p = 1, r = 1/2, F1 = 2/3
+            "retrieved_docs": docs("Unrelated text about shoes.", "Descale your kettle every four weeks in winter."),
         },
         {"generated_answer": "descale every four weeks", "retrieved_docs": []},
         {"generated_answer": "kettle", "retrieved_docs": docs("Kettle.", "kettle kettle")},  # F1 1.0 vs 2/3
@@ -302,7 +302,7 @@ def prediction_rows() -> list[dict]:
         1.0,
     )
     hit_partial = prediction_row(
-        example(question="What does E3 mean?", answer="The kettle is not seated.", passages=(BASE,)),
+        example(question="What does E3 mean?", answer="Kettle not seated.", passages=(BASE,)),
         [(document(FILTER), 0.8), (document(BASE), 0.7)],
         "kettle seated badly",  # 2 of 3 predicted tokens, 2 of 3 gold tokens: F1 2/3
         0.020,
@@ -331,7 +331,11 @@ def test_score_rows_with_every_metric() -> None:
     scores = score_rows(rows, metric_factories(metric_names(["all"]), 4))
     split = {"gen/f1|retrieval_hit", "gen/f1|retrieval_miss"}
     assert CONTRACT_KEYS <= set(scores)
-    assert set(scores) == CONTRACT_KEYS | split | {"count/questions", "count/retrieval_hits"}
+    plain = {key for key in scores if not key.startswith(("ci95_low/", "ci95_high/"))}
+    assert plain == CONTRACT_KEYS | split | {"count/questions", "count/retrieval_hits"}
+    for key in scores.keys() - plain:  # bootstrap intervals, only of metrics that exist
+        assert key.split("/", 1)[1] in scores
+        assert scores[key.replace("ci95_low/", "ci95_high/")] >= scores[key.replace("ci95_high/", "ci95_low/")]
     assert scores["gen/f1|retrieval_hit"] == pytest.approx((1.0 + 2 / 3) / 2)
     assert scores["gen/f1|retrieval_miss"] == pytest.approx(0.0)
     assert scores["gen/f1"] == pytest.approx((1.0 + 2 / 3 + 0.0) / 3)
