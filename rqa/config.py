@@ -109,6 +109,9 @@ class RqaTrainingArguments(TrainingArguments):
     max_eval_questions: int | None = field(
         default=None, metadata={"help": "Evaluate on the first N eval questions only (quick checks)."}
     )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Start over in an output directory that holds an earlier run."}
+    )
     dry_run: bool = field(default=False, metadata={"help": "Validate everything, load no model, exit."})
     config: str | None = field(default=None, metadata={"help": "YAML or JSON file holding any of these flags."})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -14,6 +15,7 @@ from rqa.errors import RqaError
 from rqa.files import write_json_atomic
 from rqa.pipeline import ComponentChoice, build_retriever, choose, choose_all, load_database, metric_names
 from rqa.schema import Example, read_examples
+from rqa.signals import StopOnSignal
 
 log = logging.getLogger("rqa")
 
@@ -54,6 +56,7 @@ def plan_training(args: RqaTrainingArguments) -> TrainPlan:
     if args.full_dataset_file_path:
         checks["documents"] = lambda: load_database(args.full_dataset_file_path, [])
     checks["train_context"] = lambda: _check_choice("--train_context", args.train_context, ("gold", "raft"))
+    checks["output_dir"] = lambda: _check_output_dir(args)
     checks["padding_free"] = lambda: _check_choice("--padding_free", args.padding_free, ("auto", "true", "false"))
     checks["raft_source"] = lambda: _check_choice("--raft_source", args.raft_source, ("hard-negatives", "retriever"))
     results, problems = choose_all(checks)
@@ -69,6 +72,24 @@ def plan_training(args: RqaTrainingArguments) -> TrainPlan:
         eval=results.get("eval", []),
         test=results.get("test", []),
     )
+
+
+def _check_output_dir(args: RqaTrainingArguments) -> None:
+    """An earlier run's checkpoints are continued on request, replaced on request, never silently mixed."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    output_dir = Path(args.output_dir)
+    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    resume = _resume_path(args)
+    if resume is True and last is None:
+        raise RqaError(f"--resume_from_checkpoint latest: {output_dir} holds no checkpoint-N folder to resume")
+    if isinstance(resume, str) and not Path(resume).is_dir():
+        raise RqaError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
+    if last is not None and resume is None and not args.overwrite_output_dir:
+        raise RqaError(
+            f"{output_dir} holds an earlier run ({Path(last).name}); pass --resume_from_checkpoint latest "
+            "to continue it, or --overwrite_output_dir true to start over"
+        )
 
 
 def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> str:
@@ -96,6 +117,9 @@ def run_training(args: RqaTrainingArguments, console: Any) -> dict[str, Path]:
     from rqa.trainer import RqaTrainer
 
     output_dir = Path(args.output_dir)
+    if args.overwrite_output_dir and _resume_path(args) is None and args.process_index == 0:
+        for stale in [*output_dir.glob("checkpoint-*"), output_dir / "eval"]:
+            shutil.rmtree(stale, ignore_errors=True)  # start over: an earlier run's files must not mix in
     model_path = resolve_generator(args.model_name_or_path)
     tokenizer = load_tokenizer(model_path)
     loss = plan.loss.build()
@@ -150,7 +174,14 @@ def run_training(args: RqaTrainingArguments, console: Any) -> dict[str, Path]:
     is_main = trainer.is_world_process_zero()
     if is_main:
         write_json_atomic(output_dir / "rqa_args.json", _resolved_args(args, plan, model_path))
+    stop = StopOnSignal()
+    trainer.add_callback(stop)
     trainer.train(resume_from_checkpoint=_resume_path(args))
+    if stop.received:
+        raise RqaError(
+            f"stopped by {stop.received} at step {trainer.state.global_step}; a checkpoint was saved in "
+            f"{output_dir}: continue with --resume_from_checkpoint latest"
+        )
     trainer.save_model(str(output_dir))
     trainer.save_state()
     results = {"model": output_dir, "trainer_state": output_dir / "trainer_state.json"}
