@@ -31,13 +31,22 @@ class ComponentChoice:
         return get_plugins()[self.kind].create(self.name, self.options, **context)
 
 
-def choose(kind: str, spec: str, option_pairs: Sequence[str] = (), **defaults: Any) -> ComponentChoice:
-    """Resolve a name and its options against the registry; raises before anything heavy loads."""
+def choose(
+    kind: str, spec: str, option_pairs: Sequence[str] = (), probe: dict[str, Any] | None = None, **defaults: Any
+) -> ComponentChoice:
+    """Resolve a name and its options against the registry; raises before anything heavy loads.
+
+    With ``probe`` (runtime context), the component is also built once, so values its factory rejects are
+    reported now too; only for kinds whose factories are cheap (losses, retrievers).
+    """
     name, options = parse_component_spec(spec, list(option_pairs))
     component = get_plugins()[kind].get(name)
     merged = {**{k: v for k, v in defaults.items() if v is not None}, **options}
     validate_options(component, merged, context=RUNTIME_CONTEXT)
-    return ComponentChoice(kind, name, merged)
+    choice = ComponentChoice(kind, name, merged)
+    if probe is not None:
+        choice.build(**probe)
+    return choice
 
 
 def choose_all(checks: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:

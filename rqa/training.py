@@ -41,14 +41,13 @@ def plan_training(args: RqaTrainingArguments) -> TrainPlan:
         "formatter": lambda: choose(
             "formatters", args.resolved_formatter(), args.formatter_option, **formatter_defaults
         ),
-        "loss": lambda: choose("losses", args.loss, args.loss_option),
-        "retriever": lambda: choose("retrievers", args.retriever, args.retriever_option),
+        "loss": lambda: choose("losses", args.loss, args.loss_option, probe={}),
+        "retriever": lambda: choose(
+            "retrievers", args.retriever, args.retriever_option, probe=_embedding_context(args)
+        ),
         "metrics": lambda: metric_names(args.metrics),
+        "train": lambda: read_examples(_required(args.train_file, "--train_file")),
     }
-    if not args.train_file:
-        checks["train"] = lambda: (_ for _ in ()).throw(RqaError("--train_file is required"))
-    else:
-        checks["train"] = lambda: read_examples(args.train_file)
     for split in ("eval", "test"):
         path = getattr(args, f"{split}_file")
         if path:
@@ -72,6 +71,16 @@ def plan_training(args: RqaTrainingArguments) -> TrainPlan:
         eval=results.get("eval", []),
         test=results.get("test", []),
     )
+
+
+def _required(value: str | None, flag: str) -> str:
+    if not value:
+        raise RqaError(f"{flag} is required")
+    return value
+
+
+def _embedding_context(args: RqaTrainingArguments) -> dict[str, Any]:
+    return {"embedding_model": args.eval_embedding_model} if args.eval_embedding_model else {}
 
 
 def _check_output_dir(args: RqaTrainingArguments) -> None:
