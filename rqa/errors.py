@@ -34,3 +34,7 @@ class ComponentOptionError(RqaError):
 
 class InvalidComponentError(RqaError):
     """A plugin tried to register something that cannot be a component."""
+
+
+class ComponentBuildError(RqaError):
+    """A plugin's factory raised while building its component."""

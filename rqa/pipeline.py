@@ -28,7 +28,7 @@ class ComponentChoice:
     options: dict[str, Any] = field(default_factory=dict)
 
     def build(self, **context: Any) -> Any:
-        return get_plugins()[self.kind].create(self.name, self.options, **context)
+        return get_plugins()[self.kind].build(self.name, self.options, **context)
 
 
 def choose(
@@ -76,7 +76,7 @@ def metric_names(requested: Sequence[str]) -> list[str]:
 
 def metric_factories(names: Sequence[str], top_k: int) -> dict[str, Any]:
     registry = get_plugins()["metrics"]
-    return {name: partial(registry.create, name, None, top_k=top_k) for name in names}
+    return {name: partial(registry.build, name, None, top_k=top_k) for name in names}
 
 
 def load_database(path: str | None, examples: Sequence[Example]) -> list[Document]:

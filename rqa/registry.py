@@ -11,14 +11,22 @@ from functools import partial
 from typing import Any
 
 from rqa.errors import (
+    ComponentBuildError,
     ComponentOptionError,
     DuplicateComponentError,
     InvalidComponentError,
+    RqaError,
     UnknownComponentError,
 )
 
 KINDS = ("formatters", "losses", "retrievers", "metrics")
 SINGULAR = {"formatters": "formatter", "losses": "loss", "retrievers": "retriever", "metrics": "metric"}
+INTERFACE = {  # what a built component must offer, by kind (see CONTRIBUTING.md)
+    "formatters": ("render",),
+    "losses": ("__call__",),
+    "retrievers": ("build", "retrieve"),
+    "metrics": ("update", "compute"),
+}
 _VALID_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
@@ -111,11 +119,30 @@ class Registry:
         parameters = inspect.signature(component.factory).parameters
         accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
         kwargs.update({k: v for k, v in context.items() if k in parameters or accepts_any})
+        noun = SINGULAR.get(self.kind, self.kind)
         try:
-            return component.factory(**kwargs)
+            built = component.factory(**kwargs)
         except ValueError as error:  # factories reject bad option values with ValueError
-            noun = SINGULAR.get(self.kind, self.kind)
             raise ComponentOptionError(f"{noun} '{name}': {error}") from error
+        except RqaError:
+            raise
+        except Exception as error:
+            raise ComponentBuildError(
+                f"{noun} '{name}' from {component.provider} failed to build: {type(error).__name__}: {error}"
+            ) from error
+        return built
+
+    def build(self, name: str, options: Mapping[str, Any] | None = None, **context: Any) -> Any:
+        """``create``, then check the result offers what rqa calls on this kind of component."""
+        built = self.create(name, options, **context)
+        missing = [m for m in INTERFACE.get(self.kind, ()) if not callable(getattr(built, m, None))]
+        if missing:
+            noun = SINGULAR.get(self.kind, self.kind)
+            raise InvalidComponentError(
+                f"{noun} '{name}' from {self.get(name).provider} built a {type(built).__name__} without "
+                f"{', '.join(missing)}: not a valid {noun}"
+            )
+        return built
 
 
 def _option_parameters(component: Component, context: set[str]) -> dict[str, inspect.Parameter]:

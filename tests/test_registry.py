@@ -336,3 +336,23 @@ def test_parsed_spec_feeds_create(builtins):
     name, options = parse_component_spec("label-smoothed-ce:smoothing=0.25")
 
     assert builtins["losses"].create(name, options).smoothing == 0.25
+
+
+def test_factory_faults_name_the_plugin_and_package() -> None:
+    from rqa.errors import ComponentBuildError, InvalidComponentError
+    from rqa.registry import Component, Registry
+
+    def exploding():
+        raise RuntimeError("GPU on fire")
+
+    def not_a_retriever():
+        return object()
+
+    registry = Registry("retrievers")
+    for name, factory in (("boom", exploding), ("hollow", not_a_retriever)):
+        registry.add(Component("retrievers", name, factory, "acme", "rqa-acme", "1.2", ""))
+    with pytest.raises(ComponentBuildError, match=r"retriever 'boom' from plugin 'acme' \(rqa-acme==1\.2\) failed"):
+        registry.create("boom")
+    registry.create("hollow")  # create builds anything; build also checks the component's interface
+    with pytest.raises(InvalidComponentError, match="without build, retrieve: not a valid retriever"):
+        registry.build("hollow")
