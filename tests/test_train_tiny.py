@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 EXAMPLE = ROOT / "example"
@@ -60,11 +62,20 @@ def test_lora_trains_adapters_only(tiny_model_dir: Path, tmp_path: Path) -> None
     assert model.peft_config["default"].r == 4
 
 
-def test_two_processes_shard_evaluation_and_write_each_file_once(tiny_model_dir: Path, tmp_path: Path) -> None:
+LAUNCHERS = {
+    "torchrun": ["torchrun", "--nproc_per_node", "2"],
+    "accelerate": ["accelerate", "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_processes_shard_evaluation_and_write_each_file_once(
+    launcher: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     output = tmp_path / "run"
-    result = run(
-        [str(BIN / "torchrun"), "--nproc_per_node", "2", str(BIN / "rqa"), *train_args(tiny_model_dir, output)]
-    )
+    command = [str(BIN / LAUNCHERS[launcher][0]), *LAUNCHERS[launcher][1:], str(BIN / "rqa")]
+    result = run([*command, *train_args(tiny_model_dir, output)])
     assert result.stdout.count("Done. Results:") == 1  # only the main process reports
     for path in (output / "eval" / "step-2-predictions.jsonl", output / "eval" / "step-4-predictions.jsonl"):
         questions = [row["question"] for row in read_jsonl(path)]
