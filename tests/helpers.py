@@ -65,3 +65,26 @@ HISTORY = (
     ("user", "My kettle shows E3."),
     ("assistant", "E3 means the base is not seated; lift and reseat it."),
 )
+
+
+CONTRACT_METRICS = frozenset(
+    {
+        "retr/recall@1",
+        "retr/recall@4",
+        "retr/accuracy",
+        "retr/ndcg@4",
+        "retr/mrr",
+        "gen/f1",
+        "gen/precision",
+        "gen/recall",
+        "gen/rouge1",
+        "gen/rouge2",
+        "gen/rougeL",
+        "gen/bleu",
+        "gen/f1_retrieved",
+        "gen/answer_words",
+        "latency/retrieval_ms",
+        "latency/generation_s",
+        "latency/e2e_s",
+    }
+)  # every metrics file holds these keys (top_k 4)

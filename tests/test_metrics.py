@@ -5,32 +5,12 @@ from __future__ import annotations
 import math
 
 import pytest
-from helpers import document, example
+from helpers import CONTRACT_METRICS, document, example
 
 from rqa.builtin import metrics
 from rqa.builtin.metrics import normalize_answer, token_prf
 from rqa.evaluation import prediction_row, score_rows
 from rqa.pipeline import metric_factories, metric_names
-
-CONTRACT_KEYS = {
-    "retr/recall@1",
-    "retr/recall@4",
-    "retr/accuracy",
-    "retr/ndcg@4",
-    "retr/mrr",
-    "gen/f1",
-    "gen/precision",
-    "gen/recall",
-    "gen/rouge1",
-    "gen/rouge2",
-    "gen/rougeL",
-    "gen/bleu",
-    "gen/f1_retrieved",
-    "gen/answer_words",
-    "latency/retrieval_ms",
-    "latency/generation_s",
-    "latency/e2e_s",
-}
 
 
 def docs(*texts: str) -> list[dict]:
@@ -330,9 +310,9 @@ def test_score_rows_with_every_metric() -> None:
     rows = prediction_rows()
     scores = score_rows(rows, metric_factories(metric_names(["all"]), 4))
     split = {"gen/f1|retrieval_hit", "gen/f1|retrieval_miss"}
-    assert CONTRACT_KEYS <= set(scores)
+    assert CONTRACT_METRICS <= set(scores)
     plain = {key for key in scores if not key.startswith(("ci95_low/", "ci95_high/"))}
-    assert plain == CONTRACT_KEYS | split | {"count/questions", "count/retrieval_hits"}
+    assert plain == CONTRACT_METRICS | split | {"count/questions", "count/retrieval_hits"}
     for key in scores.keys() - plain:  # bootstrap intervals, only of metrics that exist
         assert key.split("/", 1)[1] in scores
         assert scores[key.replace("ci95_low/", "ci95_high/")] >= scores[key.replace("ci95_high/", "ci95_low/")]

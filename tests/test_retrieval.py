@@ -18,7 +18,7 @@ from helpers import document
 from rqa import __version__
 from rqa.errors import RqaError
 from rqa.models import DEFAULT_EMBEDDER, resolve_embedder
-from rqa.retrieval import INDEX_FILE, MANIFEST, DenseFaissRetriever, IndexMismatchError, _check_index
+from rqa.retrieval import INDEX_FILE, MANIFEST, DenseFaissRetriever, IndexMismatchError
 from rqa.schema import Document
 
 RQA = Path(sys.executable).parent / "rqa"
@@ -155,7 +155,7 @@ def test_index_is_reused_without_embedding_the_documents(tmp_path: Path, make_re
     second, second_counter = make_retriever()
     assert second.build(make_documents(), index_dir) is False
     assert second_counter.calls == []
-    assert second.index.ntotal == len(TOPICS)
+    assert second.faiss_index.ntotal == len(TOPICS)
     assert read_manifest(index_dir) == manifest
 
     query = "Which is the biggest planet orbiting the sun?"
@@ -189,7 +189,7 @@ def test_index_is_rebuilt_when_a_document_changes(tmp_path: Path, make_retriever
     after = read_manifest(index_dir)
     assert after["fingerprint"] != before["fingerprint"]
     assert after == {**second.manifest(edited), "rqa_version": __version__}
-    assert _check_index(index_dir, second.manifest(edited)) is None
+    assert second.try_load(index_dir, second.manifest(edited)) is None
     [hits] = second.retrieve(["short-distance sprint starts"], 1)
     assert hits[0][0].page_content.startswith("Sprinters")
 
@@ -235,7 +235,7 @@ def test_index_is_rebuilt_when_the_encoding_changes(
     assert read_manifest(index_dir)[option] == value
     # and the old settings now see a mismatch naming the field
     third, _ = make_retriever()
-    assert option in (_check_index(index_dir, third.manifest(make_documents())) or "")
+    assert option in (third.try_load(index_dir, third.manifest(make_documents())) or "")
 
 
 def test_rebuild_never_refuses_a_mismatch(tmp_path: Path, make_retriever: MakeRetriever) -> None:
@@ -270,7 +270,7 @@ def test_rebuild_always_rebuilds_a_matching_index(tmp_path: Path, make_retriever
     second, counter = make_retriever()
     assert second.build(make_documents(), index_dir, rebuild="always") is True
     assert len(document_calls(counter)) == 1
-    assert _check_index(index_dir, second.manifest(make_documents())) is None
+    assert second.try_load(index_dir, second.manifest(make_documents())) is None
     assert leftovers(tmp_path) == []
 
 
@@ -314,7 +314,7 @@ def test_damaged_index_is_not_trusted(
     first.build(make_documents(), index_dir)
     damage(index_dir)
     expected = first.manifest(make_documents())
-    assert reason in (_check_index(index_dir, expected) or "")
+    assert reason in (first.try_load(index_dir, expected) or "")
 
     checker, _ = make_retriever()
     with pytest.raises(IndexMismatchError, match=reason):
@@ -322,7 +322,7 @@ def test_damaged_index_is_not_trusted(
     second, counter = make_retriever()
     assert second.build(make_documents(), index_dir) is True
     assert len(document_calls(counter)) == 1
-    assert _check_index(index_dir, expected) is None
+    assert first.try_load(index_dir, expected) is None
     third, third_counter = make_retriever()
     assert third.build(make_documents(), index_dir) is False and third_counter.calls == []
 
@@ -335,7 +335,7 @@ def test_manifest_that_is_not_an_object_is_not_trusted(
     first, _ = make_retriever()
     first.build(make_documents(), index_dir)
     (index_dir / MANIFEST).write_text(content)
-    assert "manifest is unreadable" in (_check_index(index_dir, first.manifest(make_documents())) or "")
+    assert "manifest is unreadable" in (first.try_load(index_dir, first.manifest(make_documents())) or "")
     second, _ = make_retriever()
     assert second.build(make_documents(), index_dir) is True
 
@@ -348,10 +348,10 @@ def test_index_of_another_size_under_a_matching_manifest_is_not_trusted(
     make_retriever()[0].build(make_documents(), full)
     shutil.copyfile(small / INDEX_FILE, full / INDEX_FILE)
     retriever, counter = make_retriever()
-    problem = _check_index(full, retriever.manifest(make_documents()))
+    problem = retriever.try_load(full, retriever.manifest(make_documents()))
     assert problem == f"it holds 4 vectors for {len(TOPICS)} documents"
     assert retriever.build(make_documents(), full) is True
-    assert retriever.index.ntotal == len(TOPICS)
+    assert retriever.faiss_index.ntotal == len(TOPICS)
     assert len(counter.calls) == 1
 
 
@@ -397,8 +397,8 @@ def test_crash_while_rebuilding_leaves_the_old_index_untrusted_for_the_new_datab
     assert sorted(p.name for p in index_dir.iterdir()) == sorted([INDEX_FILE, MANIFEST])
     assert read_manifest(index_dir) == old_manifest  # the old, complete index is still there ...
     assert (index_dir / INDEX_FILE).read_bytes() == old_bytes
-    assert _check_index(index_dir, old.manifest(make_documents())) is None
-    assert _check_index(index_dir, new.manifest(edited)) is not None  # ... and does not match the new database
+    assert old.try_load(index_dir, old.manifest(make_documents())) is None
+    assert new.try_load(index_dir, new.manifest(edited)) is not None  # ... and does not match the new database
 
     later, counter = make_retriever()
     assert later.build(edited, index_dir) is True
@@ -453,7 +453,7 @@ def test_crash_while_swapping_directories_is_not_trusted(
             make_retriever()[0].build(edited, index_dir)
     assert not any(name.startswith(".index.building-") for name in leftovers(tmp_path))
     new, counter = make_retriever()
-    assert _check_index(index_dir, new.manifest(edited)) is not None
+    assert new.try_load(index_dir, new.manifest(edited)) is not None
     assert new.build(edited, index_dir) is True
     assert len(counter.calls) == 1
 
