@@ -50,7 +50,7 @@ def choose(
 
 
 def choose_all(checks: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Run several ``choose`` thunks and collect every problem instead of stopping at the first."""
+    """Run several checks (``choose`` calls, file reads) and collect every problem instead of stopping at the first."""
     results: dict[str, Any] = {}
     problems: list[str] = []
     for label, thunk in checks.items():

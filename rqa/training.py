@@ -14,7 +14,7 @@ from rqa.display import print_scores
 from rqa.errors import RqaError
 from rqa.files import write_json_atomic
 from rqa.pipeline import ComponentChoice, build_retriever, choose, choose_all, load_database, metric_names
-from rqa.schema import Example, read_examples
+from rqa.schema import Document, Example, read_examples
 from rqa.signals import StopOnSignal
 
 log = logging.getLogger("rqa")
@@ -32,6 +32,7 @@ class TrainPlan:
     train: list[Example]
     eval: list[Example] = field(default_factory=list)
     test: list[Example] = field(default_factory=list)
+    documents: list[Document] | None = None  # the database, when one was given
 
 
 def plan_training(args: RqaTrainingArguments) -> TrainPlan:
@@ -70,6 +71,7 @@ def plan_training(args: RqaTrainingArguments) -> TrainPlan:
         train=results["train"],
         eval=results.get("eval", []),
         test=results.get("test", []),
+        documents=results.get("documents"),
     )
 
 
@@ -213,7 +215,7 @@ def run_training(args: RqaTrainingArguments, console: Any) -> dict[str, Path]:
 
 
 def _prepare_retriever(args: RqaTrainingArguments, plan: TrainPlan, output_dir: Path) -> Any:
-    documents = load_database(args.full_dataset_file_path, [*plan.train, *plan.eval, *plan.test])
+    documents = plan.documents or load_database(None, [*plan.train, *plan.eval, *plan.test])
     with args.main_process_first(desc="building the retrieval index"):  # one process builds, the rest reuse
         return build_retriever(
             plan.retriever,
