@@ -26,13 +26,16 @@ from rqa.schema import Document, iter_jsonl
 
 log = logging.getLogger("rqa")
 FOLDER_SUFFIXES = (".md", ".markdown", ".txt", ".html", ".htm")
-# Boundaries from coarse to fine: blank line (paragraph), line break, end of sentence. Each marks where the
-# next unit starts; the separating whitespace stays with the unit before it.
+# Boundaries from coarse to fine: blank line (paragraph), line break, end of sentence, and space between words
+# (so a sentence longer than a chunk is cut between words, by tokens). Each marks where the next unit starts;
+# the separating whitespace stays with the unit before it.
 _BOUNDARIES = (
     re.compile(r"\n[ \t]*\n\s*"),
     re.compile(r"\n\s*"),
     re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+"),
+    re.compile(r"\s+"),
 )
+_SENTENCE_LEVELS = 3  # the first three: where an overlap should start when it can
 _MARKDOWN_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
 
 
@@ -72,7 +75,8 @@ def read_articles_jsonl(path: str | Path) -> list[Article]:
         if not isinstance(record, dict):
             raise DataError(*where, f"an article must be a JSON object, got {type(record).__name__}")
         if "text" not in record:
-            raise DataError(*where, "is missing", field="text")
+            hint = " (this line is already a chunked document: page_content)" if "page_content" in record else ""
+            raise DataError(*where, f"is missing{hint}", field="text")
         for key in ("text", "title", "source"):
             if key in record and record[key] is not None and not isinstance(record[key], str):
                 raise DataError(*where, f"must be a string, got {type(record[key]).__name__}", field=key)
@@ -124,12 +128,13 @@ def read_articles(path: str | Path) -> list[Article]:
 class _HtmlText(HTMLParser):
     """Visible text of a page, with block elements as paragraphs; the title and first heading kept apart."""
 
-    BLOCKS = frozenset(
-        "address article aside blockquote dd div dl dt figcaption figure footer form h1 h2 h3 h4 h5 h6 header "
-        "hr li main nav ol p pre section table tbody td th thead tr ul br".split()
+    HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
+    BLOCKS = HEADINGS | frozenset(
+        {"p", "br", "hr", "pre", "blockquote", "li", "ul", "ol", "dl", "dt", "dd", "address", "figcaption"}
+        | {"div", "section", "article", "header", "footer", "nav", "main", "aside", "figure", "form"}
+        | {"table", "thead", "tbody", "tr", "td", "th"}
     )
     HIDDEN = frozenset({"script", "style", "noscript", "template", "head"})
-    HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -150,6 +155,8 @@ class _HtmlText(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "title":
             self.in_title = True
+        elif tag == "body":  # a page may leave <head> unclosed
+            self.hidden = 0
         elif tag in self.HIDDEN:
             self.hidden += 1
         if tag in self.BLOCKS:
@@ -201,14 +208,19 @@ def html_to_text(html: str) -> tuple[str, str]:
 # --------------------------------------------------------------------------------------------- chunking
 
 
+def check_sizes(chunk_size: int, chunk_overlap: int) -> None:
+    """Raise before anything loads when the sizes cannot work."""
+    if chunk_size < 1:
+        raise RqaError(f"chunk_size must be at least 1, got {chunk_size}")
+    if not 0 <= chunk_overlap < chunk_size:
+        raise RqaError(f"chunk_overlap must be at least 0 and below chunk_size ({chunk_size}), got {chunk_overlap}")
+
+
 class Chunker:
     """Splits text into chunks of at most ``chunk_size`` tokens, neighbours sharing ~``chunk_overlap``."""
 
     def __init__(self, tokenizer: Any, chunk_size: int = 400, chunk_overlap: int = 50) -> None:
-        if chunk_size < 1:
-            raise RqaError(f"chunk_size must be at least 1, got {chunk_size}")
-        if not 0 <= chunk_overlap < chunk_size:
-            raise RqaError(f"chunk_overlap must be at least 0 and below chunk_size ({chunk_size}), got {chunk_overlap}")
+        check_sizes(chunk_size, chunk_overlap)
         if not getattr(tokenizer, "is_fast", False):
             raise RqaError("chunking needs a fast tokenizer (one that reports character offsets)")
         self.tokenizer, self.chunk_size, self.chunk_overlap = tokenizer, chunk_size, chunk_overlap
@@ -229,8 +241,9 @@ class Chunker:
             sorted({bisect.bisect_right(ends, m.end()) for m in pattern.finditer(text)}) for pattern in _BOUNDARIES
         ]
         units = self._units(0, len(offsets), levels, 0)
+        starts = [sorted({b for level in levels[:_SENTENCE_LEVELS] for b in level}), levels[_SENTENCE_LEVELS]]
         chunks = []
-        for start, end in self._pack(units, sorted({b for level in levels for b in level})):
+        for start, end in self._pack(units, starts):
             chunk = self._fit(text, offsets, start, end)
             if chunk:
                 chunks.append(chunk)
@@ -240,7 +253,7 @@ class Chunker:
         """Token ranges no longer than ``unit_limit``: split at the coarsest boundaries that get there."""
         if end - start <= self.unit_limit:
             return [(start, end)] if end > start else []
-        if level == len(levels):  # one sentence longer than a chunk: cut it by tokens
+        if level == len(levels):  # one word longer than a chunk (a URL, a table row): cut it by tokens
             step = self.unit_limit
             return [(s, min(s + step, end)) for s in range(start, end, step)]
         inside = levels[level][bisect.bisect_right(levels[level], start) : bisect.bisect_left(levels[level], end)]
@@ -251,21 +264,25 @@ class Chunker:
             units += self._units(a, b, levels, level + 1)
         return units
 
-    def _pack(self, units: list[tuple[int, int]], boundaries: list[int]) -> Iterator[tuple[int, int]]:
-        """Greedy packing; each new chunk starts at the earliest boundary within the overlap of the last one."""
+    def _pack(self, units: list[tuple[int, int]], starts: list[list[int]]) -> Iterator[tuple[int, int]]:
+        """Greedy packing. Each new chunk starts within the last ``chunk_overlap`` tokens of the one before, at
+        the earliest sentence boundary there, else the earliest word boundary, else exactly that many tokens."""
         if not units:
             return
         start, end = units[0]
-        for unit_start, unit_end in units[1:]:
+        for _, unit_end in units[1:]:
             if unit_end - start <= self.chunk_size:
                 end = unit_end
                 continue
             yield start, end
             new_start = end
             if self.chunk_overlap:
-                target = end - self.chunk_overlap
-                at = bisect.bisect_left(boundaries, target)
-                new_start = boundaries[at] if at < len(boundaries) and boundaries[at] < end else target
+                new_start = end - self.chunk_overlap
+                for boundaries in starts:
+                    at = bisect.bisect_left(boundaries, new_start)
+                    if at < len(boundaries) and boundaries[at] < end:
+                        new_start = boundaries[at]
+                        break
             start, end = max(new_start, start + 1, unit_end - self.chunk_size), unit_end
         yield start, end
 

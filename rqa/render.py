@@ -123,9 +123,7 @@ def compare_with_template(encoder: ExampleEncoder, example: Example) -> Template
     rendered = formatter.render(example, passages, with_answer=False)
     messages = template_messages(tokenizer, formatter, example, passages)
     template_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    template_ids = tokenizer.apply_chat_template(
-        messages, tokenize=True, add_generation_prompt=True, return_dict=False
-    )
+    template_ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False)
     if isinstance(template_ids, dict) or hasattr(template_ids, "input_ids"):
         template_ids = template_ids["input_ids"]
     return TemplateComparison(

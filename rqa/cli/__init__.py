@@ -20,9 +20,9 @@ COMMANDS = {
     "index": ("rqa.cli.index:index", "Build, or check, the retrieval index of a document database."),
     "list-plugins": ("rqa.cli.list_plugins:list_plugins", "List every registered component by kind."),
     "prepare": ("rqa.cli.prepare:prepare", "Chunk raw documents by tokens into a document database."),
-    "render": ("rqa.cli.render:render", "Show one training example as the model sees it, token counts included."),
+    "render": ("rqa.cli.render:render", "Show one example as the model sees it, with token counts."),
     "ask": ("rqa.cli.ask:ask", "Answer one question from the document database."),
-    "chat": ("rqa.cli.ask:chat", "Chat with a model over the document database, history included."),
+    "chat": ("rqa.cli.ask:chat", "Chat over the document database, history included."),
 }
 
 

@@ -61,14 +61,15 @@ def _print_prompt(console: Any, assistant: Any, reply: Any) -> None:
 
 def _print_sources(console: Any, reply: Any) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="sources", title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("title")
-    table.add_column("source")
+    table.add_column("source", overflow="fold")
     table.add_column("score", justify="right")
     for rank, item in enumerate(reply.to_dict()["sources"], start=1):
-        table.add_row(str(rank), item["title"], item["source"], f"{item['score']:.3f}")
+        table.add_row(str(rank), Text(str(item["title"])), Text(str(item["source"])), f"{item['score']:.3f}")
     console.print(table)
 
 
@@ -80,6 +81,7 @@ def ask(question: str, as_json: bool, **kwargs: Any) -> None:
     """Answer QUESTION from the passages retrieved for it, and show those sources."""
     from rich.console import Console
     from rich.panel import Panel
+    from rich.text import Text
 
     from rqa.display import make_console
     from rqa.errors import RqaError
@@ -94,7 +96,8 @@ def ask(question: str, as_json: bool, **kwargs: Any) -> None:
     if as_json:
         click.echo(json.dumps(reply.to_dict(), ensure_ascii=False, indent=2))
         return
-    console.print(Panel(reply.answer or "(no answer)", title=question, title_align="left"))
+    # Text, not str: a model's answer or a title may hold brackets that rich would read as markup
+    console.print(Panel(Text(reply.answer or "(no answer)"), title=Text(question), title_align="left"))
     _print_sources(console, reply)
 
 

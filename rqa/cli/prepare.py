@@ -25,6 +25,8 @@ def prepare(**kwargs: Any) -> None:
     setup_logging(console)
     if bool(kwargs["input_path"]) == bool(kwargs["from_pickle"]):
         raise RqaError("give exactly one of --input (articles to chunk) and --from_pickle (a LocalRQA pickle)")
+    if str(kwargs["input_path"] or "").endswith((".pkl", ".pickle")):
+        raise RqaError(f"{kwargs['input_path']} is a pickle: convert it with --from_pickle")
     if kwargs["from_pickle"]:
         _convert_pickle(console, kwargs)
     else:
@@ -54,8 +56,9 @@ def _chunk(console: Any, kwargs: dict[str, Any]) -> None:
 
     from rqa.errors import RqaError
     from rqa.files import write_jsonl_atomic
-    from rqa.prepare import Chunker, chunk_articles, read_articles
+    from rqa.prepare import Chunker, check_sizes, chunk_articles, read_articles
 
+    check_sizes(kwargs["chunk_size"], kwargs["chunk_overlap"])
     articles = read_articles(kwargs["input_path"])  # every line checked before the tokenizer loads
     chunker = Chunker(_load_tokenizer(kwargs["tokenizer"]), kwargs["chunk_size"], kwargs["chunk_overlap"])
     columns = (TextColumn("chunking"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())

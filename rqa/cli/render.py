@@ -31,8 +31,11 @@ def render(**kwargs: Any) -> int:
     examples = read_examples(kwargs["train_file"])
     row = kwargs["row"]
     if not 0 <= row < len(examples):
-        raise RqaError(f"--row {row} is out of range: {kwargs['train_file']} holds {len(examples)} examples (0–{len(examples) - 1})")
+        last = len(examples) - 1
+        raise RqaError(f"--row {row} is out of range: {kwargs['train_file']} holds rows 0–{last}")
     example = examples[row]
+
+    from rich.text import Text
 
     from rqa.data import ExampleEncoder
     from rqa.models import load_tokenizer, resolve_generator
@@ -43,7 +46,7 @@ def render(**kwargs: Any) -> int:
         tokenizer, formatter, max_seq_length=kwargs["max_seq_length"], supervise_history=kwargs["supervise_history"]
     )
     model_label = kwargs["model"] or "the embedded generator"
-    console.rule(f"{example.source} · formatter {formatter_choice.name} · tokenizer of {model_label}")
+    console.rule(Text(f"{example.source} · formatter {formatter_choice.name} · tokenizer of {model_label}"))
     if kwargs["check"]:
         return _check(console, encoder, example, formatter_choice.name)
     _show(console, encoder, example)
@@ -64,7 +67,9 @@ def _show(console: Any, encoder: Any, example: Any) -> None:
     console.print(highlighted(encoder.tokenizer, input_ids, labels), markup=False, highlight=False)
     supervised = sum(label != IGNORE_INDEX for label in labels)
     console.rule()
-    console.print(f"[{SUPERVISED_STYLE}]highlighted[/]: the {supervised} supervised tokens (the loss is computed there)")
+    console.print(
+        f"[{SUPERVISED_STYLE}]highlighted[/]: the {supervised} supervised tokens (the loss is computed there)"
+    )
     table = Table(title="tokens per part", title_justify="left")
     table.add_column("part")
     table.add_column("tokens", justify="right")
