@@ -78,8 +78,8 @@ class RqaTrainingArguments(TrainingArguments):
     padding_free: str = field(
         default="auto",
         metadata={
-            "help": "Pack each batch into one row without padding: 'true', 'false', or 'auto' (with "
-            "flash-attention 2, whose variable-length kernel makes packing pure gain)."
+            "help": "Pack each batch into one row without padding: 'true', 'false', or 'auto' (whenever the "
+            "attention keeps packed examples apart: flash-attention 2, or SDPA/eager with position-id masks)."
         },
     )
     train_context: str = field(

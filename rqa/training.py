@@ -240,12 +240,26 @@ def _training_context(args: RqaTrainingArguments, plan: TrainPlan, retriever: An
     return lambda example, index: raft.passages(example, index, candidates(example))
 
 
+def packing_keeps_examples_apart(model: Any) -> bool:
+    """Whether this model's attention separates packed examples by their restarting position ids.
+
+    flash-attention 2 does it through its variable-length kernel; SDPA and eager do it where transformers
+    derives a block-diagonal mask from the position ids (its ``find_packed_sequence_indices``).
+    """
+    implementation = getattr(model.config, "_attn_implementation", "")
+    if implementation == "flash_attention_2":
+        return True
+    try:
+        from transformers.masking_utils import find_packed_sequence_indices  # noqa: F401
+    except ImportError:
+        return False
+    return implementation in ("sdpa", "eager")
+
+
 def _collator(args: RqaTrainingArguments, model: Any, tokenizer: Any) -> Any:
     from rqa.data import PackingCollator, PaddingCollator
 
-    packed = args.padding_free == "true" or (
-        args.padding_free == "auto" and getattr(model.config, "_attn_implementation", "") == "flash_attention_2"
-    )
+    packed = args.padding_free == "true" or (args.padding_free == "auto" and packing_keeps_examples_apart(model))
     if packed:
         log.info("padding-free batches: each batch is packed into one row")
         return PackingCollator()
