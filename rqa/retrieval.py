@@ -54,14 +54,28 @@ class DenseFaissRetriever(IndexedRetriever):
     def encode(self, texts: Sequence[str], progress: bool = False) -> Any:
         import numpy as np
 
-        vectors = self.encoder.encode(
-            list(texts),
+        texts = list(texts)
+        if not progress:
+            return np.ascontiguousarray(self._encode(texts), dtype=np.float32)
+        from rich.progress import Progress
+
+        step = self.batch_size * 8  # large chunks keep the encoder's own batching efficient
+        parts = []
+        with Progress(transient=True) as bar:
+            task = bar.add_task("embedding documents", total=len(texts))
+            for start in range(0, len(texts), step):
+                parts.append(self._encode(texts[start : start + step]))
+                bar.advance(task, len(parts[-1]))
+        return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+
+    def _encode(self, texts: list[str]) -> Any:
+        return self.encoder.encode(
+            texts,
             batch_size=self.batch_size,
             normalize_embeddings=self.normalize,
             convert_to_numpy=True,
-            show_progress_bar=progress,
+            show_progress_bar=False,
         )
-        return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def manifest(self, documents: Sequence[Document]) -> dict[str, Any]:
         return {
