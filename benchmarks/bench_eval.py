@@ -1,0 +1,210 @@
+"""End-to-end evaluation: rqa's batched ``E2EEvaluator`` against a plain per-question loop.
+
+Both answer the same Faire eval questions with the same model, retriever (dense-faiss, top 4, index cached
+under ``benchmarks/.cache/``), prompt ids (``ExampleEncoder.prompt_ids``), greedy decoding and stop tokens; the
+loop is what a user writes by hand: retrieve one question, generate one prompt. Greedy answers should be
+identical; every mismatch is listed.
+
+    .venv/bin/python benchmarks/bench_eval.py                     # 73 questions, batch 8
+    .venv/bin/python benchmarks/bench_eval.py --questions 24
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from common import (
+    CACHE_DIR,
+    Timer,
+    chatml_encoder,
+    documents,
+    eval_examples,
+    generator_path,
+    load_average,
+    markdown_table,
+    print_table,
+    ratio,
+    section_preamble,
+    write_section,
+)
+
+INDEX_DIR = CACHE_DIR / "index-dense-faiss"
+
+
+def per_question_loop(
+    model: Any, encoder: Any, retriever: Any, examples: list[Any], top_k: int, max_new_tokens: int
+) -> dict[str, Any]:
+    """The hand-written baseline: one retrieval, one unpadded ``generate`` call per question."""
+    import torch
+
+    from rqa.evaluation import stop_token_ids
+
+    tokenizer, end_of_turn = encoder.tokenizer, encoder.formatter.end_of_turn
+    eos_ids, stop_strings = stop_token_ids(tokenizer, end_of_turn)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    answers, retrieved, retrieval_s, generation_s = [], [], 0.0, 0.0
+    model.eval()
+    for example in examples:
+        with Timer() as timer:
+            hits = retriever.retrieve([example.question], top_k)[0]
+        retrieval_s += timer.seconds
+        with Timer() as timer:
+            ids = encoder.prompt_ids(example, [doc for doc, _ in hits])
+            with torch.inference_mode():
+                output = model.generate(
+                    input_ids=torch.tensor([ids]),
+                    attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    eos_token_id=eos_ids,
+                    pad_token_id=pad_id,
+                    stop_strings=stop_strings or None,
+                    tokenizer=tokenizer if stop_strings else None,
+                )
+            text = tokenizer.decode(output[0, len(ids) :], skip_special_tokens=True)
+            if end_of_turn and end_of_turn in text:
+                text = text[: text.index(end_of_turn)]
+        generation_s += timer.seconds
+        answers.append(text.strip())
+        retrieved.append([doc.page_content for doc, _ in hits])
+    return {"answers": answers, "retrieved": retrieved, "retrieval_s": retrieval_s, "generation_s": generation_s}
+
+
+def rqa_evaluator(
+    model: Any, encoder: Any, retriever: Any, examples: list[Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    """rqa's path: batched retrieval once, prompts sorted by length, left-padded batched generation."""
+    from rqa.evaluation import E2EEvaluator
+
+    output_dir = CACHE_DIR / "eval-output"
+    evaluator = E2EEvaluator(
+        examples,
+        encoder=encoder,
+        retriever=retriever,
+        metrics={},  # the loop scores nothing; scoring is timed separately below
+        top_k=args.top_k,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        output_dir=output_dir,
+    )
+    with Timer() as timer:
+        evaluator.evaluate_model(model, name="bench")
+    rows = [json.loads(line) for line in (output_dir / "bench-predictions.jsonl").read_text().splitlines()]
+    retrieval_s = evaluator.retrieve().seconds_per_question * len(examples)
+    return {
+        "seconds": timer.seconds,
+        "retrieval_s": retrieval_s,
+        "answers": [row["generated_answer"] for row in rows],
+        "retrieved": [[doc["page_content"] for doc in row["retrieved_docs"]] for row in rows],
+        "rows": rows,
+    }
+
+
+def scoring_seconds(rows: list[dict[str, Any]], top_k: int) -> float:
+    """What every installed metric adds on top (rqa's default ``--metrics all``)."""
+    from rqa.evaluation import score_rows
+    from rqa.pipeline import metric_factories, metric_names
+
+    metrics = metric_factories(metric_names(["all"]), top_k)
+    with Timer() as timer:
+        score_rows(rows, metrics)
+    return timer.seconds
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--questions", type=int, default=73, help="first N eval questions")
+    parser.add_argument("--batch_size", type=int, default=8, help="rqa's generation batch size")
+    parser.add_argument("--max_new_tokens", type=int, default=128)
+    parser.add_argument("--top_k", type=int, default=4)
+    parser.add_argument("--max_seq_length", type=int, default=2048, help="prompt budget (rqa train's default)")
+    parser.add_argument("--no_write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from rqa.models import load_generator
+    from rqa.plugins import get_plugins
+
+    load_before = load_average()
+    examples = eval_examples(args.questions)
+    encoder = chatml_encoder(args.max_seq_length)
+    model = load_generator(generator_path(), dtype=torch.float32)
+    retriever = get_plugins()["retrievers"].create("dense-faiss", {})
+    retriever.build(documents(), INDEX_DIR)
+    # warm both shared pieces first, so that neither side pays the embedder's load or the first generate call
+    retriever.retrieve(["warm-up question"], 1)
+    with torch.inference_mode():
+        model.generate(input_ids=torch.tensor([[1, 2, 3]]), max_new_tokens=2, do_sample=False, pad_token_id=0)
+
+    print(f"rqa E2EEvaluator, batch {args.batch_size}, {len(examples)} questions ...", flush=True)
+    batched = rqa_evaluator(model, encoder, retriever, examples, args)
+    load_after_rqa = os.getloadavg()[0]
+    print(f"  {batched['seconds']:.1f} s (load {load_after_rqa:.2f}); per-question loop ...", flush=True)
+    with Timer() as loop_timer:
+        loop = per_question_loop(model, encoder, retriever, examples, args.top_k, args.max_new_tokens)
+    load_after_loop = os.getloadavg()[0]
+    print(f"  {loop_timer.seconds:.1f} s (load {load_after_loop:.2f})", flush=True)
+    scoring_s = scoring_seconds(batched["rows"], args.top_k)
+
+    same_answers = sum(a == b for a, b in zip(batched["answers"], loop["answers"], strict=True))
+    same_retrieval = sum(a == b for a, b in zip(batched["retrieved"], loop["retrieved"], strict=True))
+    mismatches = [
+        (i, examples[i].question, mine, theirs)
+        for i, (mine, theirs) in enumerate(zip(batched["answers"], loop["answers"], strict=True))
+        if mine != theirs
+    ]
+    columns = ["path", "total s", "retrieval s", "generation + rest s", "load at end"]
+    rows = [
+        [
+            f"rqa E2EEvaluator (batch {args.batch_size})",
+            f"{batched['seconds']:.1f}",
+            f"{batched['retrieval_s']:.2f}",
+            f"{batched['seconds'] - batched['retrieval_s']:.1f}",
+            f"{load_after_rqa:.2f}",
+        ],
+        [
+            "per-question loop",
+            f"{loop_timer.seconds:.1f}",
+            f"{loop['retrieval_s']:.2f}",
+            f"{loop_timer.seconds - loop['retrieval_s']:.1f}",
+            f"{load_after_loop:.2f}",
+        ],
+    ]
+    summary = [
+        ["speed-up (loop time ÷ rqa time)", ratio(loop_timer.seconds, batched["seconds"])],
+        ["identical greedy answers", f"{same_answers}/{len(examples)}"],
+        ["identical top-k passages", f"{same_retrieval}/{len(examples)}"],
+        ["scoring with every metric (not in the totals)", f"{scoring_s:.2f} s"],
+    ]
+    print_table(f"end-to-end evaluation, {len(examples)} Faire eval questions", columns, rows)
+    print_table("comparison", ["", "value"], summary)
+    for index, question, mine, theirs in mismatches:
+        print(f"mismatch #{index}: {question!r}\n  rqa:  {mine!r}\n  loop: {theirs!r}")
+    if args.no_write:
+        return
+    mismatch_lines = [
+        f"- #{index} {question!r}: rqa `{mine[:160]!r}` vs loop `{theirs[:160]!r}`"
+        for index, question, mine, theirs in mismatches
+    ]
+    body = "\n\n".join(
+        [
+            "## End-to-end evaluation",
+            section_preamble(load_before),
+            f"First {len(examples)} of the 73 Faire eval questions; dense-faiss (all-MiniLM-L6-v2) top {args.top_k} "
+            f"over documents.pkl, chatml prompts, greedy, up to {args.max_new_tokens} new tokens, fp32, "
+            "SmolLM2-135M-Instruct. Both paths share one loaded model, retriever and index, warmed up first.",
+            markdown_table(columns, rows),
+            markdown_table(["", "value"], summary),
+            "Answers that differ:\n\n" + "\n".join(mismatch_lines) if mismatch_lines else "Every answer is identical.",
+        ]
+    )
+    write_section("bench_eval", body)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
