@@ -29,6 +29,7 @@ from common import (
     print_table,
     ratio,
     section_preamble,
+    wait_for_quiet,
     write_section,
 )
 
@@ -141,10 +142,12 @@ def main(argv: list[str]) -> None:
     with torch.inference_mode():
         model.generate(input_ids=torch.tensor([[1, 2, 3]]), max_new_tokens=2, do_sample=False, pad_token_id=0)
 
+    wait_for_quiet()
     print(f"rqa E2EEvaluator, batch {args.batch_size}, {len(examples)} questions ...", flush=True)
     batched = rqa_evaluator(model, encoder, retriever, examples, args)
     load_after_rqa = os.getloadavg()[0]
     print(f"  {batched['seconds']:.1f} s (load {load_after_rqa:.2f}); per-question loop ...", flush=True)
+    wait_for_quiet()
     with Timer() as loop_timer:
         loop = per_question_loop(model, encoder, retriever, examples, args.top_k, args.max_new_tokens)
     load_after_loop = os.getloadavg()[0]

@@ -27,6 +27,7 @@ from common import (
     print_table,
     ratio,
     section_preamble,
+    wait_for_quiet,
     write_section,
 )
 
@@ -81,10 +82,12 @@ def main(argv: list[str]) -> None:
     # warm the page cache and the kernels once, so that whichever side runs first is not penalised
     SentenceTransformer(resolve_embedder(None)).encode(texts[:64], batch_size=batch_size)
 
+    wait_for_quiet()
     print(f"SentenceTransformer.encode of {len(texts)} texts ...", flush=True)
     st_total, st_encode, vectors = sentence_transformer_alone(texts, batch_size)
     print(f"  {st_total:.1f} s; rqa dense-faiss build ...", flush=True)
     shutil.rmtree(INDEX_DIR, ignore_errors=True)
+    wait_for_quiet()
     retriever = fresh_retriever()
     with Timer() as build_timer:
         built = retriever.build(docs, INDEX_DIR)

@@ -35,6 +35,7 @@ from common import (
     run_child,
     section_preamble,
     train_examples,
+    wait_for_quiet,
     write_section,
 )
 
@@ -482,6 +483,7 @@ def main(argv: list[str]) -> None:
 
 
 def run_tool_in_child(tool: str, settings: Settings, round_: int) -> Result:
+    wait_for_quiet()
     began = time.perf_counter()
     print(f"[{settings.precision} round {round_ + 1}] {TOOLS[tool]} ...", end=" ", flush=True)
     child_argv = [

@@ -94,6 +94,18 @@ def load_average() -> str:
     return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
 
 
+def wait_for_quiet(threshold: float = 2.6, max_wait: float = 180.0) -> float:
+    """Wait (up to ``max_wait`` s) until the 1-minute load falls below ``threshold``; returns the seconds waited.
+
+    The machine is shared: a test suite running beside a measurement can slow it several-fold, so each
+    measured phase starts when nothing else is busy (our own 2 threads alone keep the load near 2).
+    """
+    began = time.perf_counter()
+    while os.getloadavg()[0] > threshold and time.perf_counter() - began < max_wait:
+        time.sleep(5)
+    return time.perf_counter() - began
+
+
 def median(values: Sequence[float]) -> float:
     ordered = sorted(values)
     middle = len(ordered) // 2
