@@ -477,7 +477,7 @@ def main(argv: list[str]) -> None:
             best = max(runs[tool], key=lambda r: r.real_tokens_per_s)
             best.all_tokens_per_s = [round(r.real_tokens_per_s, 1) for r in runs[tool]]
             results.append(best)
-        raw = CACHE_DIR / f"bench_train-{precision}.json"
+        raw = CACHE_DIR / f"bench_train-{precision}-{time.strftime('%Y%m%d-%H%M%S')}.json"  # every run's details
         raw.write_text(json.dumps({tool: [asdict(r) for r in rs] for tool, rs in runs.items()}, indent=1))
         report(results, settings, load_before, write=not args.no_write)
 
