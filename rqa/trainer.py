@@ -49,8 +49,10 @@ class RqaTrainer(Trainer):
         split = split_backbone_and_head(model)  # None under DDP/FSDP wrappers: go through their forward
         if split is not None:
             backbone, head = split
-            hidden = backbone(**inputs, use_cache=False).last_hidden_state[:, :-1]
-            logits = head(hidden[mask])
+            # accelerate applies mixed precision by wrapping model.forward, which this path bypasses
+            with self.accelerator.autocast():
+                hidden = backbone(**inputs, use_cache=False).last_hidden_state[:, :-1]
+                logits = head(hidden[mask])
             outputs: Any = {}  # no full-sequence logits exist; prediction_step only needs the loss
         else:
             outputs = model(**inputs, use_cache=False)

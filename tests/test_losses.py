@@ -101,3 +101,23 @@ def test_packed_batch_gives_the_same_loss_as_the_padded_batch(tmp_path) -> None:
     # without restarting positions the examples would see each other, and the loss would differ
     leaky = {k: v for k, v in packed_batch.items() if k != "position_ids"}
     assert not torch.allclose(trainer_loss(model, leaky, "answer-ce", tmp_path), padded, atol=1e-4)
+
+
+def test_bf16_mixed_precision_reaches_the_backbone_and_head(tmp_path) -> None:
+    """Calling the backbone directly must not fall out of the autocast that ``--bf16`` asks for."""
+    from transformers import TrainingArguments
+
+    model = tiny_model(embedded_tokenizer())
+    backbone, head = split_backbone_and_head(model)
+    dtypes: set[torch.dtype] = set()
+    first_projection = next(m for m in backbone.modules() if isinstance(m, torch.nn.Linear))
+    for module in (first_projection, head):
+        module.register_forward_hook(lambda module, args, output: dtypes.add(output.dtype))
+    trainer = RqaTrainer(
+        model=model,
+        args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=True),
+        loss=get_plugins()["losses"].create("answer-ce"),
+    )
+    loss = trainer.compute_loss(trainer.model, dict(batch_for("answer")))
+    assert dtypes == {torch.bfloat16}
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
