@@ -80,6 +80,7 @@ class Result:
     real_tokens: int = 0
     computed_tokens: int = 0
     same_ids_as_rqa: str = ""
+    compute_dtype: str = ""
     step_s: list[float] = field(default_factory=list)
     load_at_end: float = 0.0  # 1-minute load average when the child finished: 2 is this process alone
     all_tokens_per_s: list[float] = field(default_factory=list)  # every repeat, when run more than once
@@ -128,6 +129,25 @@ class BatchRecorder:
                 self.model, batch, batch["labels"] if answer_labels is None else answer_labels
             )
         return batch
+
+
+def watch_compute_dtype(model: Any) -> set[str]:
+    """The dtypes the first projection of the backbone produces while training: is mixed precision really on?
+
+    ``bf16=True`` only says what was asked for; Trainer leaves autocast to accelerate, which wraps
+    ``model.forward``, so a loss that calls submodules directly can silently compute in fp32.
+    """
+    import torch
+
+    seen: set[str] = set()
+    first_linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+    def hook(module: Any, inputs: Any, output: Any) -> None:
+        if torch.is_grad_enabled():  # training steps only, not the no-grad first-batch check
+            seen.add(str(output.dtype).removeprefix("torch."))
+
+    first_linear.register_forward_hook(hook)
+    return seen
 
 
 def make_clock(warmup: int) -> Any:
@@ -284,7 +304,13 @@ def run_tool(tool: str, settings: Settings) -> Result:
     encoder = chatml_encoder(settings.max_length)
     encoded, stats = encoder.encode_all(examples)
     encoded = [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in encoded]
-    notes = [f"{tool}: {len(encoded)} examples to draw batches from"] if grouped else []
+    notes = []
+    if grouped:
+        notes.append(
+            f"{tool} draws its batches from the whole training file ({len(encoded)} examples), as a real run does: "
+            "length grouping sorts within mega-batches that hold a single batch below 16 batches' worth of "
+            "examples, so on the first N it would not group at all; its batches and losses differ from the others'"
+        )
     if stats.trimmed or stats.dropped:  # the text-based tools would then see other text: 'ids = rqa' shows it
         notes.append(f"{tool}: rqa trimmed {stats.trimmed} and dropped {len(stats.dropped)} over-long examples")
     rendered = [encoder.formatter.render(e, e.gold_docs) for e in examples]
@@ -304,6 +330,7 @@ def run_tool(tool: str, settings: Settings) -> Result:
         trainer.data_collator = recorder
         clock = make_clock(settings.warmup)
         trainer.add_callback(clock)
+        compute_dtypes = watch_compute_dtype(trainer.model)
         trainer.train()
 
     first, last = settings.warmup, settings.warmup + settings.steps
@@ -330,6 +357,7 @@ def run_tool(tool: str, settings: Settings) -> Result:
         real_tokens=real,
         computed_tokens=computed,
         same_ids_as_rqa=same_ids,
+        compute_dtype="+".join(sorted(compute_dtypes)),
         step_s=[round(s, 3) for s in step_s],
         load_at_end=os.getloadavg()[0],
         notes=notes,
@@ -346,6 +374,7 @@ def report(results: list[Result], settings: Settings, load_before: str, write: b
         "real tok/s",
         "runs tok/s",
         "padding",
+        "computed in",
         "step s",
         "peak RSS GB",
         "mean loss",
@@ -361,6 +390,7 @@ def report(results: list[Result], settings: Settings, load_before: str, write: b
             f"{r.real_tokens_per_s:.0f}",
             " / ".join(f"{t:.0f}" for t in r.all_tokens_per_s) or "-",
             f"{r.padding_share:.1%}",
+            r.compute_dtype,
             f"{r.median_step_s:.2f}",
             f"{r.peak_rss_gb:.2f}",
             f"{r.mean_loss:.4f}",
@@ -397,6 +427,13 @@ def report(results: list[Result], settings: Settings, load_before: str, write: b
     if not write:
         return
     notes = sorted({note for r in results for note in r.notes})
+    expected = "bfloat16" if settings.precision == "bf16" else "float32"
+    notes += [
+        f"{r.tool} computed in {r.compute_dtype} although {settings.precision} was asked for: the precision setting "
+        "had no effect on its training steps"
+        for r in results
+        if r.compute_dtype and expected not in r.compute_dtype
+    ]
     body = "\n\n".join(
         [
             f"## Training throughput, {settings.precision}",
@@ -404,7 +441,9 @@ def report(results: list[Result], settings: Settings, load_before: str, write: b
             f"SmolLM2-135M-Instruct (embedded), first {settings.examples} Faire training examples in file order, "
             f"batch {settings.batch_size}, max length {settings.max_length}, {settings.steps} measured steps after "
             f"{settings.warmup} warm-up steps, each tool in its own process. Real tokens exclude padding; "
-            "'padding' is padding ÷ computed tokens; 'step s' the median measured step; 'CE batch 1' the mean "
+            "'padding' is padding ÷ computed tokens; 'computed in' the dtype the backbone's first projection "
+            "produced during training steps (does the precision setting take effect?); 'step s' the median "
+            "measured step; 'CE batch 1' the mean "
             "answer-token cross-entropy of the first batch before any update, computed identically for every tool "
             "(fp32) from the batch its own collator built; 'own loss 1' the tool's logged loss on that batch (the "
             "LocalRQA way's covers prompt and padding tokens too); 'ids = rqa' how many rows hold exactly rqa's "

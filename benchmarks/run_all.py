@@ -2,7 +2,7 @@
 
 One after another, never in parallel: they share two CPU cores, and a neighbour would skew the ratios.
 
-    .venv/bin/python benchmarks/run_all.py                  # defaults: about 25 minutes on 2 cores
+    .venv/bin/python benchmarks/run_all.py                  # defaults: about 20 minutes on 2 quiet cores
     .venv/bin/python benchmarks/run_all.py --quick          # fewer steps and questions: a smoke run
     .venv/bin/python benchmarks/run_all.py --only train --precision both
 """
