@@ -79,7 +79,8 @@ class RqaTrainingArguments(TrainingArguments):
         default="auto",
         metadata={
             "help": "Pack each batch into one row without padding: 'true', 'false', or 'auto' (whenever the "
-            "attention keeps packed examples apart: flash-attention 2, or SDPA/eager with position-id masks)."
+            "attention keeps packed examples apart: flash-attention 2's variable-length kernel, SDPA attending "
+            "within each example, or eager with position-id masks)."
         },
     )
     train_context: str = field(

@@ -243,11 +243,14 @@ def _training_context(args: RqaTrainingArguments, plan: TrainPlan, retriever: An
 def packing_keeps_examples_apart(model: Any) -> bool:
     """Whether this model's attention separates packed examples by their restarting position ids.
 
-    flash-attention 2 does it through its variable-length kernel; SDPA and eager do it where transformers
-    derives a block-diagonal mask from the position ids (its ``find_packed_sequence_indices``).
+    flash-attention 2 does it through its variable-length kernel, rqa's packed SDPA by attending within each
+    example; SDPA and eager do it where transformers derives a block-diagonal mask from the position ids (its
+    ``find_packed_sequence_indices``).
     """
+    from rqa.attention import PACKED_SDPA
+
     implementation = getattr(model.config, "_attn_implementation", "")
-    if implementation == "flash_attention_2":
+    if implementation in ("flash_attention_2", PACKED_SDPA):
         return True
     try:
         from transformers.masking_utils import find_packed_sequence_indices  # noqa: F401
@@ -257,13 +260,23 @@ def packing_keeps_examples_apart(model: Any) -> bool:
 
 
 def _collator(args: RqaTrainingArguments, model: Any, tokenizer: Any) -> Any:
+    """Packed batches where attention keeps examples apart, padded ones elsewhere.
+
+    Packing under SDPA switches the model to rqa's packed SDPA, which attends within each example instead of
+    masking a whole-row score matrix (same outputs; padded batches, as in evaluation, still get plain SDPA).
+    """
+    from rqa.attention import register_packed_sdpa
     from rqa.data import PackingCollator, PaddingCollator
 
     packed = args.padding_free == "true" or (args.padding_free == "auto" and packing_keeps_examples_apart(model))
-    if packed:
+    if not packed:
+        return PaddingCollator(tokenizer.pad_token_id)
+    if model.config._attn_implementation == "sdpa":
+        model.set_attn_implementation(register_packed_sdpa())
+        log.info("padding-free batches: each batch is packed into one row; SDPA attends within each example")
+    else:
         log.info("padding-free batches: each batch is packed into one row")
-        return PackingCollator()
-    return PaddingCollator(tokenizer.pad_token_id)
+    return PackingCollator()
 
 
 def _load_model(args: RqaTrainingArguments, model_path: str) -> Any:

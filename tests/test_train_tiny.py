@@ -47,7 +47,9 @@ def read_jsonl(path: Path) -> list[dict]:
 def test_flash_attention_request_falls_back_to_sdpa_with_a_message(tiny_model_dir: Path, tmp_path: Path) -> None:
     result = run([str(BIN / "rqa"), *train_args(tiny_model_dir, tmp_path / "run", "--use_flash_attention", "true")])
     assert "flash-attention 2 is not available" in result.stdout + result.stderr
-    assert "using PyTorch SDPA attention instead" in " ".join((result.stdout + result.stderr).split())
+    output = " ".join((result.stdout + result.stderr).split())
+    assert "using PyTorch SDPA attention instead" in output
+    assert "packed into one row; SDPA attends within each example" in output
     assert (tmp_path / "run" / "test-metrics.json").exists()
 
 
