@@ -41,12 +41,16 @@ from common import (
 
 STARTED = time.perf_counter()
 TOOLS: dict[str, str] = {
-    "rqa": "rqa, sequential order",
-    "rqa-grouped": "rqa, default group_by_length",
+    "rqa": "rqa, defaults (packed batches)",
+    "rqa-gc": "rqa, packed + gradient checkpointing",
+    "rqa-padded": "rqa, padded batches (--padding_free false)",
+    "rqa-grouped": "rqa, padded, group_by_length",
     "trl": "TRL SFTTrainer, prompt-completion",
     "trl-padding-free": "TRL SFTTrainer, padding_free",
     "localrqa-way": "LocalRQA way (pad to max_length, loss on all)",
 }
+DEFAULT_TOOLS = ["rqa", "rqa-gc", "trl", "trl-padding-free", "localrqa-way"]
+RQA_TOOLS = ("rqa", "rqa-gc", "rqa-padded", "rqa-grouped")
 BASELINES = ("trl", "trl-padding-free", "localrqa-way")
 ANSWER_LABELS = "bench_answer_labels"  # extra batch key: answer-only labels for tools whose labels cover more
 
@@ -207,26 +211,28 @@ def load_model(path: str) -> Any:
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
 
 
-def rqa_trainer(settings: Settings, output_dir: str, encoded: list[dict[str, Any]], grouped: bool) -> Any:
-    """rqa as ``rqa train`` assembles it: RqaTrainingArguments defaults, PaddingCollator, answer-ce."""
+def rqa_trainer(settings: Settings, output_dir: str, encoded: list[dict[str, Any]], tool: str) -> Any:
+    """rqa as ``rqa train`` assembles it: RqaTrainingArguments, its collator choice, answer-ce."""
     import torch
 
     from rqa.config import RqaTrainingArguments
-    from rqa.data import PaddingCollator
     from rqa.models import load_generator, load_tokenizer
     from rqa.plugins import get_plugins
     from rqa.trainer import RqaTrainer
+    from rqa.training import _collator
 
     path = generator_path()
     tokenizer = load_tokenizer(path)
-    options = common_args(settings, output_dir, "group_by_length" if grouped else "sequential")
-    args = RqaTrainingArguments(**options, max_seq_length=settings.max_length)
+    options = common_args(settings, output_dir, "group_by_length" if tool == "rqa-grouped" else "sequential")
+    options["gradient_checkpointing"] = tool == "rqa-gc"
+    padding_free = "false" if tool in ("rqa-padded", "rqa-grouped") else "auto"
+    args = RqaTrainingArguments(**options, max_seq_length=settings.max_length, padding_free=padding_free)
     model = load_generator(path, dtype=torch.float32)
     return RqaTrainer(
         model=model,
         args=args,
         train_dataset=encoded,
-        data_collator=PaddingCollator(tokenizer.pad_token_id),
+        data_collator=_collator(args, model, tokenizer),
         processing_class=tokenizer,
         loss=get_plugins()["losses"].create("answer-ce"),
     )
@@ -317,8 +323,8 @@ def run_tool(tool: str, settings: Settings) -> Result:
 
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE_DIR, prefix="train-") as output_dir:
-        if tool in ("rqa", "rqa-grouped"):
-            trainer = rqa_trainer(settings, output_dir, encoded, grouped=grouped)
+        if tool in RQA_TOOLS:
+            trainer = rqa_trainer(settings, output_dir, encoded, tool)
         elif tool in ("trl", "trl-padding-free"):
             trainer = trl_trainer(settings, output_dir, rendered, padding_free=tool == "trl-padding-free")
         elif tool == "localrqa-way":
@@ -403,7 +409,7 @@ def report(results: list[Result], settings: Settings, load_before: str, write: b
         for r in results
     ]
     ratio_rows = []
-    for name in ("rqa", "rqa-grouped"):
+    for name in RQA_TOOLS:
         if name not in by_tool:
             continue
         mine = by_tool[name]
@@ -471,7 +477,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=int, default=1, help="runs per tool, alternating order; best kept")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per child (0: torch's default)")
-    parser.add_argument("--tools", nargs="+", choices=list(TOOLS), default=list(TOOLS))
+    parser.add_argument("--tools", nargs="+", choices=list(TOOLS), default=DEFAULT_TOOLS)
     parser.add_argument("--no_write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     parser.add_argument("--child", choices=list(TOOLS), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
