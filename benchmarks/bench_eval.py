@@ -5,7 +5,7 @@ under ``benchmarks/.cache/``), prompt ids (``ExampleEncoder.prompt_ids``), greed
 loop is what a user writes by hand: retrieve one question, generate one prompt. Greedy answers should be
 identical; every mismatch is listed.
 
-    .venv/bin/python benchmarks/bench_eval.py                     # 73 questions, batch 8
+    .venv/bin/python benchmarks/bench_eval.py                     # 73 questions, batches of 16 and 32
     .venv/bin/python benchmarks/bench_eval.py --questions 24
 """
 
@@ -76,9 +76,9 @@ def per_question_loop(
 
 
 def rqa_evaluator(
-    model: Any, encoder: Any, retriever: Any, examples: list[Any], args: argparse.Namespace
+    model: Any, encoder: Any, retriever: Any, examples: list[Any], top_k: int, max_new_tokens: int, batch_size: int
 ) -> dict[str, Any]:
-    """rqa's path: batched retrieval once, prompts sorted by length, left-padded batched generation."""
+    """rqa's path: batched retrieval once, similar-length batches, left-padded batched generation."""
     from rqa.evaluation import E2EEvaluator
 
     output_dir = CACHE_DIR / "eval-output"
@@ -87,9 +87,9 @@ def rqa_evaluator(
         encoder=encoder,
         retriever=retriever,
         metrics={},  # the loop scores nothing; scoring is timed separately below
-        top_k=args.top_k,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
+        top_k=top_k,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
         output_dir=output_dir,
     )
     with Timer() as timer:
@@ -119,7 +119,9 @@ def scoring_seconds(rows: list[dict[str, Any]], top_k: int) -> float:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--questions", type=int, default=73, help="first N eval questions")
-    parser.add_argument("--batch_size", type=int, default=8, help="rqa's generation batch size")
+    parser.add_argument(
+        "--batch_size", type=int, nargs="+", default=[16, 32], help="rqa's generation batch sizes to measure"
+    )
     parser.add_argument("--max_new_tokens", type=int, default=128)
     parser.add_argument("--top_k", type=int, default=4)
     parser.add_argument("--max_seq_length", type=int, default=2048, help="prompt budget (rqa train's default)")
@@ -142,57 +144,69 @@ def main(argv: list[str]) -> None:
     with torch.inference_mode():
         model.generate(input_ids=torch.tensor([[1, 2, 3]]), max_new_tokens=2, do_sample=False, pad_token_id=0)
 
+    runs = []
+    for batch_size in args.batch_size:
+        wait_for_quiet()
+        print(f"rqa E2EEvaluator, batch {batch_size}, {len(examples)} questions ...", flush=True)
+        batched = rqa_evaluator(model, encoder, retriever, examples, args.top_k, args.max_new_tokens, batch_size)
+        batched["load"] = os.getloadavg()[0]
+        print(f"  {batched['seconds']:.1f} s (load {batched['load']:.2f})", flush=True)
+        runs.append((batch_size, batched))
     wait_for_quiet()
-    print(f"rqa E2EEvaluator, batch {args.batch_size}, {len(examples)} questions ...", flush=True)
-    batched = rqa_evaluator(model, encoder, retriever, examples, args)
-    load_after_rqa = os.getloadavg()[0]
-    print(f"  {batched['seconds']:.1f} s (load {load_after_rqa:.2f}); per-question loop ...", flush=True)
-    wait_for_quiet()
+    print("per-question loop ...", flush=True)
     with Timer() as loop_timer:
         loop = per_question_loop(model, encoder, retriever, examples, args.top_k, args.max_new_tokens)
     load_after_loop = os.getloadavg()[0]
     print(f"  {loop_timer.seconds:.1f} s (load {load_after_loop:.2f})", flush=True)
-    scoring_s = scoring_seconds(batched["rows"], args.top_k)
+    scoring_s = scoring_seconds(runs[0][1]["rows"], args.top_k)
 
-    same_answers = sum(a == b for a, b in zip(batched["answers"], loop["answers"], strict=True))
-    same_retrieval = sum(a == b for a, b in zip(batched["retrieved"], loop["retrieved"], strict=True))
-    mismatches = [
-        (i, examples[i].question, mine, theirs)
-        for i, (mine, theirs) in enumerate(zip(batched["answers"], loop["answers"], strict=True))
-        if mine != theirs
-    ]
-    columns = ["path", "total s", "retrieval s", "generation + rest s", "load at end"]
-    rows = [
-        [
-            f"rqa E2EEvaluator (batch {args.batch_size})",
-            f"{batched['seconds']:.1f}",
-            f"{batched['retrieval_s']:.2f}",
-            f"{batched['seconds'] - batched['retrieval_s']:.1f}",
-            f"{load_after_rqa:.2f}",
-        ],
+    columns = ["path", "total s", "retrieval s", "generation + rest s", "speed-up", "same answers", "load at end"]
+    rows, mismatches = [], []
+    for batch_size, batched in runs:
+        same = sum(a == b for a, b in zip(batched["answers"], loop["answers"], strict=True))
+        mismatches += [
+            (batch_size, i, examples[i].question, mine, theirs)
+            for i, (mine, theirs) in enumerate(zip(batched["answers"], loop["answers"], strict=True))
+            if mine != theirs
+        ]
+        rows.append(
+            [
+                f"rqa E2EEvaluator (batch {batch_size})",
+                f"{batched['seconds']:.1f}",
+                f"{batched['retrieval_s']:.2f}",
+                f"{batched['seconds'] - batched['retrieval_s']:.1f}",
+                ratio(loop_timer.seconds, batched["seconds"]),
+                f"{same}/{len(examples)}",
+                f"{batched['load']:.2f}",
+            ]
+        )
+    rows.append(
         [
             "per-question loop",
             f"{loop_timer.seconds:.1f}",
             f"{loop['retrieval_s']:.2f}",
             f"{loop_timer.seconds - loop['retrieval_s']:.1f}",
+            "1.00×",
+            "-",
             f"{load_after_loop:.2f}",
-        ],
-    ]
+        ]
+    )
+    same_retrieval = min(
+        sum(a == b for a, b in zip(batched["retrieved"], loop["retrieved"], strict=True)) for _, batched in runs
+    )
     summary = [
-        ["speed-up (loop time ÷ rqa time)", ratio(loop_timer.seconds, batched["seconds"])],
-        ["identical greedy answers", f"{same_answers}/{len(examples)}"],
-        ["identical top-k passages", f"{same_retrieval}/{len(examples)}"],
+        ["identical top-k passages (every batch size)", f"{same_retrieval}/{len(examples)}"],
         ["scoring with every metric (not in the totals)", f"{scoring_s:.2f} s"],
     ]
     print_table(f"end-to-end evaluation, {len(examples)} Faire eval questions", columns, rows)
     print_table("comparison", ["", "value"], summary)
-    for index, question, mine, theirs in mismatches:
-        print(f"mismatch #{index}: {question!r}\n  rqa:  {mine!r}\n  loop: {theirs!r}")
+    for batch_size, index, question, mine, theirs in mismatches:
+        print(f"mismatch #{index} (batch {batch_size}): {question!r}\n  rqa:  {mine!r}\n  loop: {theirs!r}")
     if args.no_write:
         return
     mismatch_lines = [
-        f"- #{index} {question!r}: rqa `{mine[:160]!r}` vs loop `{theirs[:160]!r}`"
-        for index, question, mine, theirs in mismatches
+        f"- #{index} (batch {batch_size}) {question!r}: rqa `{mine[:160]!r}` vs loop `{theirs[:160]!r}`"
+        for batch_size, index, question, mine, theirs in mismatches
     ]
     body = "\n\n".join(
         [
@@ -200,7 +214,8 @@ def main(argv: list[str]) -> None:
             section_preamble(load_before),
             f"First {len(examples)} of the 73 Faire eval questions; dense-faiss (all-MiniLM-L6-v2) top {args.top_k} "
             f"over documents.pkl, chatml prompts, greedy, up to {args.max_new_tokens} new tokens, fp32, "
-            "SmolLM2-135M-Instruct. Both paths share one loaded model, retriever and index, warmed up first.",
+            "SmolLM2-135M-Instruct. Every path shares one loaded model, retriever and index, warmed up first; "
+            "'speed-up' is the loop's total time ÷ that path's.",
             markdown_table(columns, rows),
             markdown_table(["", "value"], summary),
             "Answers that differ:\n\n" + "\n".join(mismatch_lines) if mismatch_lines else "Every answer is identical.",

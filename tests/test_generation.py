@@ -1,0 +1,54 @@
+"""Batched generation: similar-length batches, and the same greedy answers as one prompt at a time."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import embedded_tokenizer, tiny_model
+
+from rqa.evaluation import generate_answers, length_batches, stop_token_ids
+
+
+def test_batches_hold_every_prompt_once_longest_first() -> None:
+    lengths = [5, 90, 40, 100, 95, 41, 38, 6]
+    batches = length_batches(lengths, batch_size=3)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    assert all(len(batch) <= 3 for batch in batches)
+    flat = [lengths[i] for batch in batches for i in batch]
+    assert flat == sorted(lengths, reverse=True)
+
+
+def test_a_batch_closes_before_padding_dominates() -> None:
+    lengths = [1000, 100, 98, 97]
+    assert length_batches(lengths, batch_size=8, max_padding=0.15) == [[0], [1, 2, 3]]
+    assert length_batches(lengths, batch_size=8, max_padding=1.0) == [[0, 1, 2, 3]]
+
+
+def one_at_a_time(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
+    eos_ids, _ = stop_token_ids(tokenizer, "<|im_end|>")
+    answers = []
+    for ids in prompts:
+        with torch.inference_mode():
+            output = model.generate(
+                input_ids=torch.tensor([ids]),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=eos_ids,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        text = tokenizer.decode(output[0, len(ids) :], skip_special_tokens=True)
+        answers.append(text.split("<|im_end|>")[0].strip())
+    return answers
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_batched_greedy_answers_equal_one_prompt_at_a_time(batch_size: int) -> None:
+    tokenizer = embedded_tokenizer()
+    model = tiny_model(tokenizer, seed=3)
+    texts = ["Kettle descaling steps", "Why does the kettle click off early when the water is cold?", "Hi", "a " * 40]
+    prompts = [tokenizer(text)["input_ids"] for text in texts]
+    expected = one_at_a_time(model, tokenizer, prompts, max_new_tokens=12)
+    answers, seconds = generate_answers(model, tokenizer, prompts, "<|im_end|>", 12, batch_size)
+    assert answers == expected
+    assert len(seconds) == len(prompts) and all(s > 0 for s in seconds)
+    assert any(answers)  # the random model does say something
