@@ -219,7 +219,7 @@ def rqa_trainer(settings: Settings, output_dir: str, encoded: list[dict[str, Any
     from rqa.models import load_generator, load_tokenizer
     from rqa.plugins import get_plugins
     from rqa.trainer import RqaTrainer
-    from rqa.training import _collator
+    from rqa.training import _collator, save_host_memory
 
     path = generator_path()
     tokenizer = load_tokenizer(path)
@@ -227,6 +227,7 @@ def rqa_trainer(settings: Settings, output_dir: str, encoded: list[dict[str, Any
     options["gradient_checkpointing"] = tool == "rqa-gc"
     padding_free = "false" if tool in ("rqa-padded", "rqa-grouped") else "auto"
     args = RqaTrainingArguments(**options, max_seq_length=settings.max_length, padding_free=padding_free)
+    save_host_memory(args)
     model = load_generator(path, dtype=torch.float32)
     return RqaTrainer(
         model=model,

@@ -154,6 +154,7 @@ def run_training(args: RqaTrainingArguments, console: Any) -> dict[str, Path]:
         args.eval_strategy = "no"
         args.load_best_model_at_end = False
     log.info("formatter %s; %d training examples encoded", plan.formatter.name, len(train_data))
+    save_host_memory(args)
     model = _load_model(args, model_path)
 
     evaluator = test_evaluator = None
@@ -277,6 +278,14 @@ def _collator(args: RqaTrainingArguments, model: Any, tokenizer: Any) -> Any:
     else:
         log.info("padding-free batches: each batch is packed into one row")
     return PackingCollator()
+
+
+def save_host_memory(args: RqaTrainingArguments) -> None:
+    """With gradient checkpointing, asked for to save memory, also give freed activations back to the system."""
+    from rqa.memory import return_large_blocks_to_the_system
+
+    if args.gradient_checkpointing and return_large_blocks_to_the_system():
+        log.info("gradient checkpointing: freed activations go back to the system (lower peak memory)")
 
 
 def _load_model(args: RqaTrainingArguments, model_path: str) -> Any:
