@@ -42,7 +42,7 @@ def per_question_loop(
     """The hand-written baseline: one retrieval, one unpadded ``generate`` call per question."""
     import torch
 
-    from rqa.evaluation import stop_token_ids
+    from rqa.evaluation import answer_text, stop_token_ids
 
     tokenizer, end_of_turn = encoder.tokenizer, encoder.formatter.end_of_turn
     eos_ids, stop_strings = stop_token_ids(tokenizer, end_of_turn)
@@ -66,11 +66,8 @@ def per_question_loop(
                     stop_strings=stop_strings or None,
                     tokenizer=tokenizer if stop_strings else None,
                 )
-            text = tokenizer.decode(output[0, len(ids) :], skip_special_tokens=True)
-            if end_of_turn and end_of_turn in text:
-                text = text[: text.index(end_of_turn)]
+            answers.append(answer_text(tokenizer, output[0, len(ids) :], end_of_turn))
         generation_s += timer.seconds
-        answers.append(text.strip())
         retrieved.append([doc.page_content for doc, _ in hits])
     return {"answers": answers, "retrieved": retrieved, "retrieval_s": retrieval_s, "generation_s": generation_s}
 

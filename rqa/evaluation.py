@@ -222,6 +222,14 @@ def stop_token_ids(tokenizer: Any, end_of_turn: str) -> tuple[list[int], list[st
     return sorted(ids), strings
 
 
+def answer_text(tokenizer: Any, new_ids: Any, end_of_turn: str) -> str:
+    """The reply in generated ids: special tokens dropped, cut where the format's end of turn begins."""
+    text = tokenizer.decode(new_ids, skip_special_tokens=True)
+    if end_of_turn and end_of_turn in text:
+        text = text[: text.index(end_of_turn)]
+    return text.strip()
+
+
 def length_batches(lengths: Sequence[int], batch_size: int, max_padding: float = 0.15) -> list[list[int]]:
     """Indices of prompts grouped longest first into batches of similar length.
 
@@ -292,10 +300,7 @@ def generate_answers(
                 )
             elapsed = (time.perf_counter() - began) / len(batch)
             for row, index in enumerate(batch):
-                text = tokenizer.decode(output[row, longest:], skip_special_tokens=True)
-                if end_of_turn and end_of_turn in text:
-                    text = text[: text.index(end_of_turn)]
-                answers[index], seconds[index] = text.strip(), elapsed
+                answers[index], seconds[index] = answer_text(tokenizer, output[row, longest:], end_of_turn), elapsed
             if progress is not None:
                 progress(len(batch))
     finally:
