@@ -42,11 +42,10 @@ def per_question_loop(
     """The hand-written baseline: one retrieval, one unpadded ``generate`` call per question."""
     import torch
 
-    from rqa.evaluation import answer_text, stop_token_ids
+    from rqa.generation import answer_text, greedy_settings
 
     tokenizer, end_of_turn = encoder.tokenizer, encoder.formatter.end_of_turn
-    eos_ids, stop_strings = stop_token_ids(tokenizer, end_of_turn)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    settings = greedy_settings(tokenizer, end_of_turn, max_new_tokens)
     answers, retrieved, retrieval_s, generation_s = [], [], 0.0, 0.0
     model.eval()
     for example in examples:
@@ -59,12 +58,7 @@ def per_question_loop(
                 output = model.generate(
                     input_ids=torch.tensor([ids]),
                     attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    eos_token_id=eos_ids,
-                    pad_token_id=pad_id,
-                    stop_strings=stop_strings or None,
-                    tokenizer=tokenizer if stop_strings else None,
+                    **settings,
                 )
             answers.append(answer_text(tokenizer, output[0, len(ids) :], end_of_turn))
         generation_s += timer.seconds

@@ -163,7 +163,7 @@ class Assistant:
         return self.encoder.prompt_ids(example, passages)
 
     def reply(self, question: str, history: Sequence[Turn] = ()) -> Reply:
-        from rqa.evaluation import generate_answers
+        from rqa.generation import generate_answers
 
         (hits,) = self.retriever.retrieve([question], self.top_k)
         prompt = self.prompt_ids(question, history, [document for document, _ in hits])

@@ -1,8 +1,8 @@
 """End-to-end evaluation: retrieve from the whole database, generate, score, write predictions.
 
 Used by ``rqa evaluate`` and, at every evaluation step, by ``rqa train``. Retrieval does not change while the
-generator trains, so it runs once per evaluator. Generation is batched (left padding, KV cache, greedy by
-default) over batches of similar prompt length, and stops when every row has ended its turn.
+generator trains, so it runs once per evaluator. Generation (``rqa.generation``) is batched over prompts of similar
+length, greedy by default, and stops when every row has ended its turn.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 from rqa.builtin.metrics import gold_ranks, token_prf
 from rqa.data import ExampleEncoder
 from rqa.files import write_json_atomic, write_jsonl_atomic
+from rqa.generation import generate_answers
 from rqa.schema import Document, Example
 
 log = logging.getLogger("rqa")
@@ -39,7 +40,7 @@ class E2EEvaluator:
     metrics: dict[str, Any]  # name -> factory() building a fresh Metric
     top_k: int = 4
     max_new_tokens: int = 128
-    batch_size: int = 16
+    batch_size: int = 32
     output_dir: Path | None = None
     progress: Callable[[str, int], Any] | None = None
     _retrieved: Retrieved | None = field(default=None, init=False)
@@ -207,102 +208,3 @@ def bootstrap_intervals(
         intervals[f"ci95_low/{key}"] = float(np.percentile(means, 2.5))
         intervals[f"ci95_high/{key}"] = float(np.percentile(means, 97.5))
     return intervals
-
-
-def stop_token_ids(tokenizer: Any, end_of_turn: str) -> tuple[list[int], list[str]]:
-    """Token ids that end a reply, plus stop strings when the end of turn is not a single token."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    strings: list[str] = []
-    if end_of_turn:
-        encoded = tokenizer(end_of_turn, add_special_tokens=False)["input_ids"]
-        if len(encoded) == 1:
-            ids.add(encoded[0])
-        else:
-            strings.append(end_of_turn)
-    return sorted(ids), strings
-
-
-def answer_text(tokenizer: Any, new_ids: Any, end_of_turn: str) -> str:
-    """The reply in generated ids: special tokens dropped, cut where the format's end of turn begins."""
-    text = tokenizer.decode(new_ids, skip_special_tokens=True)
-    if end_of_turn and end_of_turn in text:
-        text = text[: text.index(end_of_turn)]
-    return text.strip()
-
-
-def length_batches(lengths: Sequence[int], batch_size: int, max_padding: float = 0.15) -> list[list[int]]:
-    """Indices of prompts grouped longest first into batches of similar length.
-
-    A left-padded batch computes every prompt at the longest one's length, and prompt processing is most of the
-    work: a batch closes early when the next prompt would make more than ``max_padding`` of it padding.
-    """
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        if current:
-            real = sum(lengths[i] for i in current) + lengths[index]
-            padded = (len(current) + 1) * lengths[current[0]]
-            if len(current) == batch_size or 1 - real / padded > max_padding:
-                batches.append(current)
-                current = []
-        current.append(index)
-    if current:
-        batches.append(current)
-    return batches
-
-
-def generate_answers(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[list[int]],
-    end_of_turn: str,
-    max_new_tokens: int = 128,
-    batch_size: int = 8,
-    progress: Callable[[int], Any] | None = None,
-) -> tuple[list[str], list[float]]:
-    """Batched greedy generation over token-id prompts, longest first; answers in input order.
-
-    On CPU the cache is preallocated (``static``): the default dynamic cache concatenates every layer's keys
-    and values at each step, copying the whole cache, which costs more than the step's matmuls at batch 8+.
-    """
-    import torch
-
-    eos_ids, stop_strings = stop_token_ids(tokenizer, end_of_turn)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-    answers: list[str] = [""] * len(prompts)
-    seconds: list[float] = [0.0] * len(prompts)
-    device = next(model.parameters()).device
-    cache = {"cache_implementation": "static"} if device.type == "cpu" else {}
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in length_batches([len(p) for p in prompts], batch_size):
-            longest = max(len(prompts[i]) for i in batch)
-            input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(batch), longest), dtype=torch.long)
-            for row, index in enumerate(batch):  # left padding: every prompt ends where generation starts
-                ids = prompts[index]
-                input_ids[row, longest - len(ids) :] = torch.tensor(ids)
-                attention[row, longest - len(ids) :] = 1
-            began = time.perf_counter()
-            with torch.inference_mode():
-                output = model.generate(
-                    input_ids=input_ids.to(device),
-                    attention_mask=attention.to(device),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    eos_token_id=eos_ids,
-                    pad_token_id=pad_id,
-                    stop_strings=stop_strings or None,
-                    tokenizer=tokenizer if stop_strings else None,
-                    use_cache=True,
-                    **cache,
-                )
-            elapsed = (time.perf_counter() - began) / len(batch)
-            for row, index in enumerate(batch):
-                answers[index], seconds[index] = answer_text(tokenizer, output[row, longest:], end_of_turn), elapsed
-            if progress is not None:
-                progress(len(batch))
-    finally:
-        model.train(was_training)
-    return answers, seconds

@@ -6,7 +6,15 @@ import pytest
 import torch
 from helpers import embedded_tokenizer, tiny_model
 
-from rqa.evaluation import generate_answers, length_batches, stop_token_ids
+from rqa.generation import (
+    cache_keyword,
+    can_assemble_cache,
+    generate_answers,
+    left_padded,
+    length_batches,
+    prefilled_cache,
+    stop_token_ids,
+)
 
 
 def test_batches_hold_every_prompt_once_longest_first() -> None:
@@ -52,3 +60,36 @@ def test_batched_greedy_answers_equal_one_prompt_at_a_time(batch_size: int) -> N
     assert answers == expected
     assert len(seconds) == len(prompts) and all(s > 0 for s in seconds)
     assert any(answers)  # the random model does say something
+
+
+def test_an_assembled_cache_continues_every_prompt_as_if_it_ran_alone() -> None:
+    """The last prompt token's logits over the assembled, left-padded cache equal each prompt's own forward."""
+    tokenizer = embedded_tokenizer()
+    model = tiny_model(tokenizer, seed=5).eval()
+    texts = ["Kettle descaling steps", "Why does the kettle click off early when the water is cold?", "Hi", "a b " * 9]
+    prompts = [tokenizer(text)["input_ids"] for text in texts]
+    assert can_assemble_cache(model)
+    input_ids, attention = left_padded(prompts, tokenizer.pad_token_id)
+    longest = input_ids.shape[1]
+    with torch.no_grad():
+        cache = prefilled_cache(model, prompts, max_new_tokens=4)
+        logits = model(
+            input_ids=input_ids[:, -1:],
+            attention_mask=attention,
+            position_ids=attention.sum(-1, keepdim=True) - 1,
+            cache_position=torch.tensor([longest - 1]),
+            **{cache_keyword(): cache},
+        ).logits[:, -1]
+        for row, ids in enumerate(prompts):
+            alone = model(input_ids=torch.tensor([ids])).logits[0, -1]
+            assert torch.allclose(logits[row], alone, atol=1e-5), texts[row]
+
+
+def test_sliding_window_models_keep_the_padded_path() -> None:
+    from transformers import MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, sliding_window=8,
+    )  # fmt: skip
+    assert not can_assemble_cache(MistralForCausalLM(config))

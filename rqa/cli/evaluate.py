@@ -31,7 +31,7 @@ def _saved_settings(model: str | None) -> dict:
 @option("--metrics", multiple=True, default=["all"], show_default=True, help="Metric names, or 'all'.")
 @option("--max_new_tokens", type=int, default=128, show_default=True, help="Longest answer, in tokens.")
 @option("--max_seq_length", type=int, default=2048, show_default=True, help="Longest prompt, in tokens.")
-@option("--batch_size", type=int, default=16, show_default=True, help="Questions generated together.")
+@option("--batch_size", type=int, default=32, show_default=True, help="Questions generated together.")
 @option("--limit", type=int, help="Evaluate the first N questions only.")
 @option("--retrieval_only", is_flag=True, help="Score retrieval alone; load no generator.")
 @option("--output_dir", required=True, help="Where predictions.jsonl and metrics.json go.")

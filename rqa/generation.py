@@ -1,0 +1,194 @@
+"""Batched greedy generation for evaluation and the assistant: the same answers as one prompt at a time, faster.
+
+On a GPU, a left-padded batch goes through ``generate`` as it is. On a CPU two costs dominate:
+
+* Prompt processing. A padded batch needs an explicit attention mask, which takes SDPA off its fused causal
+  kernel, and computes every prompt at the longest one's length (measured on 2 cores: about 2 ms per real token,
+  against 1.1 ms for one unpadded prompt at a time). So each prompt but its last token is run alone, unpadded,
+  and the batch's cache is assembled from the results (``prefilled_cache``).
+* Decoding, bound by memory reads. A batched step reads every weight once for all its rows (each row still
+  reads its own cache), and a preallocated (static) cache spares the copy of every layer's keys and values that
+  the dynamic cache makes at every step.
+
+``generate`` then starts from the assembled cache: its first step feeds each row's last prompt token, with
+positions taken from the attention mask as usual.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+def stop_token_ids(tokenizer: Any, end_of_turn: str) -> tuple[list[int], list[str]]:
+    """Token ids that end a reply, plus stop strings when the end of turn is not a single token."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    strings: list[str] = []
+    if end_of_turn:
+        encoded = tokenizer(end_of_turn, add_special_tokens=False)["input_ids"]
+        if len(encoded) == 1:
+            ids.add(encoded[0])
+        else:
+            strings.append(end_of_turn)
+    return sorted(ids), strings
+
+
+def greedy_settings(tokenizer: Any, end_of_turn: str, max_new_tokens: int) -> dict[str, Any]:
+    """``generate`` arguments for greedy replies that stop at the format's end of turn."""
+    eos_ids, stop_strings = stop_token_ids(tokenizer, end_of_turn)
+    return {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": False,
+        "eos_token_id": eos_ids,
+        "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0],
+        "stop_strings": stop_strings or None,
+        "tokenizer": tokenizer if stop_strings else None,
+    }
+
+
+def answer_text(tokenizer: Any, new_ids: Any, end_of_turn: str) -> str:
+    """The reply in generated ids: special tokens dropped, cut where the format's end of turn begins."""
+    text = tokenizer.decode(new_ids, skip_special_tokens=True)
+    if end_of_turn and end_of_turn in text:
+        text = text[: text.index(end_of_turn)]
+    return text.strip()
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, max_padding: float = 0.15) -> list[list[int]]:
+    """Indices of prompts grouped longest first into batches of similar length.
+
+    Every row of a batch is computed at the longest one's length (the whole prompt when prompts are processed
+    padded, the attention over the cache when only decoding is batched): a batch closes early when the next prompt
+    would make more than ``max_padding`` of it padding.
+    """
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if current:
+            real = sum(lengths[i] for i in current) + lengths[index]
+            padded = (len(current) + 1) * lengths[current[0]]
+            if len(current) == batch_size or 1 - real / padded > max_padding:
+                batches.append(current)
+                current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def cache_keyword() -> str:
+    """The KV cache's name in model outputs and ``generate``: ``cache`` in recent transformers, else the older one."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def can_assemble_cache(model: Any) -> bool:
+    """Whether a static cache of full-length layers can be built for this model (not sliding-window layers)."""
+    from transformers import StaticCache
+
+    try:
+        layers = StaticCache(config=model.config, max_cache_len=1).layers
+    except (TypeError, AttributeError):  # transformers before the per-layer cache API
+        return False
+    return not any(layer.is_sliding for layer in layers)
+
+
+def prefilled_cache(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> Any:
+    """A static cache holding every prompt but its last token, left-padded to the longest, room for the answer.
+
+    Each prompt runs alone and unpadded, so SDPA keeps its causal kernel; rotary positions are already applied to
+    the cached keys, so a row's padding only needs masking. Rows of a single token have nothing to cache.
+    """
+    import torch
+    from transformers import StaticCache
+
+    device = next(model.parameters()).device
+    cached = max(len(ids) for ids in prompts) - 1
+    row_caches = []
+    for ids in prompts:
+        if len(ids) < 2:
+            row_caches.append(None)
+            continue
+        output = model(input_ids=torch.tensor([ids[:-1]], device=device), use_cache=True, logits_to_keep=1)
+        row_caches.append(getattr(output, cache_keyword()))
+    cache = StaticCache(config=model.config, max_cache_len=cached + max_new_tokens)
+    if cached == 0:
+        return cache
+    template = next(row for row in row_caches if row is not None)
+    shapes = [(layer.keys.shape, layer.values.shape) for layer in template.layers]
+    for layer, (key_shape, value_shape) in enumerate(shapes):
+        keys = template.layers[layer].keys.new_zeros((len(prompts), key_shape[1], cached, key_shape[-1]))
+        values = template.layers[layer].values.new_zeros((len(prompts), value_shape[1], cached, value_shape[-1]))
+        for row, row_cache in enumerate(row_caches):
+            if row_cache is not None:
+                length = row_cache.layers[layer].keys.shape[2]
+                keys[row, :, cached - length :] = row_cache.layers[layer].keys[0]
+                values[row, :, cached - length :] = row_cache.layers[layer].values[0]
+                row_cache.layers[layer] = None  # released as the batch's cache fills: memory stays near one cache
+        cache.update(keys, values, layer)
+    return cache
+
+
+def left_padded(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:
+    """Input ids and attention mask with every prompt ending where generation starts."""
+    import torch
+
+    longest = max(len(ids) for ids in prompts)
+    input_ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(prompts), longest), dtype=torch.long)
+    for row, ids in enumerate(prompts):
+        input_ids[row, longest - len(ids) :] = torch.tensor(ids)
+        attention[row, longest - len(ids) :] = 1
+    return input_ids, attention
+
+
+def generate_answers(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[int]],
+    end_of_turn: str,
+    max_new_tokens: int = 128,
+    batch_size: int = 8,
+    progress: Callable[[int], Any] | None = None,
+) -> tuple[list[str], list[float]]:
+    """Batched greedy generation over token-id prompts, longest first; answers in input order."""
+    import torch
+
+    settings = greedy_settings(tokenizer, end_of_turn, max_new_tokens)
+    answers: list[str] = [""] * len(prompts)
+    seconds: list[float] = [0.0] * len(prompts)
+    device = next(model.parameters()).device
+    on_cpu = device.type == "cpu"
+    assemble = on_cpu and can_assemble_cache(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            lengths = [len(p) for p in prompts]
+            # assembled from unpadded prompts, padding costs only the decode steps' reads of the cache
+            for batch in length_batches(lengths, batch_size, max_padding=0.5 if assemble else 0.15):
+                rows = [prompts[i] for i in batch]
+                input_ids, attention = left_padded(rows, settings["pad_token_id"])
+                began = time.perf_counter()
+                if assemble:
+                    cache = {cache_keyword(): prefilled_cache(model, rows, max_new_tokens)}
+                else:
+                    cache = {"cache_implementation": "static"} if on_cpu else {}
+                output = model.generate(
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention.to(device),
+                    use_cache=True,
+                    **settings,
+                    **cache,
+                )
+                elapsed = (time.perf_counter() - began) / len(batch)
+                for row, index in enumerate(batch):
+                    new_ids = output[row, input_ids.shape[1] :]
+                    answers[index], seconds[index] = answer_text(tokenizer, new_ids, end_of_turn), elapsed
+                if progress is not None:
+                    progress(len(batch))
+    finally:
+        model.train(was_training)
+    return answers, seconds
