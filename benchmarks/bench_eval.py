@@ -69,7 +69,7 @@ def per_question_loop(
 def rqa_evaluator(
     model: Any, encoder: Any, retriever: Any, examples: list[Any], top_k: int, max_new_tokens: int, batch_size: int
 ) -> dict[str, Any]:
-    """rqa's path: batched retrieval once, similar-length batches, left-padded batched generation."""
+    """rqa's path: batched retrieval once, similar-length batches, unpadded prompts and batched decoding on CPU."""
     from rqa.evaluation import E2EEvaluator
 
     output_dir = CACHE_DIR / "eval-output"
