@@ -1,14 +1,19 @@
-"""SDPA that attends within each packed example: packed batches without a variable-length kernel.
+"""SDPA that attends within each packed example: packed batches without the flash-attn package.
 
 For a packed row, transformers keeps the examples apart with a block-diagonal mask derived from the restarting
 position ids. SDPA then scores every token against every other token of the row (most of it masked away) and,
-given a mask, leaves its fused causal kernels. Attending within each example separately, causally and without a
-mask, computes exactly the kept scores: the same output, in time and memory that grow with each example's length
-instead of the whole row's. Anything else (padded batches, generation with a cache) goes to plain SDPA.
+given a mask, leaves its fused causal kernels. Attending within each example separately computes exactly the
+kept scores: the same output, in time and memory that grow with each example's length instead of the whole
+row's. On a CUDA GPU in half precision, PyTorch's own flash-attention kernel for variable-length batches
+(``torch.nn.attention.varlen``) does that for the whole row in one call; elsewhere each example gets a causal,
+unmasked SDPA call. Anything else (padded batches, generation with a cache) goes to plain SDPA.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import itertools
 from typing import Any
 
 import torch
@@ -26,6 +31,86 @@ def packed_segments(position_ids: torch.Tensor | None, length: int) -> list[tupl
     return list(zip(starts, [*starts[1:], length], strict=True))
 
 
+def boundary_segments(boundaries: Any, length: int) -> list[tuple[int, int]] | None:
+    """(start, end) pairs from cumulative example lengths ``[0, n1, n1 + n2, ..., length]``."""
+    if boundaries is None:
+        return None
+    ends = [int(b) for b in (boundaries.tolist() if isinstance(boundaries, torch.Tensor) else boundaries)]
+    if len(ends) < 3 or ends[0] != 0 or ends[-1] != length:
+        return None
+    return list(itertools.pairwise(ends))
+
+
+@functools.cache
+def _varlen_kernel() -> tuple[Any, frozenset[str]] | None:
+    """PyTorch's variable-length flash-attention function and its keyword names, where this PyTorch has it."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
+
+
+@functools.cache
+def _device_runs_flash(index: int) -> bool:
+    return torch.cuda.get_device_capability(index) >= (8, 0)  # flash-attention needs Ampere or newer
+
+
+def half_precision(query: torch.Tensor) -> torch.dtype | None:
+    """The 16-bit dtype attention computes in here: the query's own, or autocast's (SDPA is autocast too)."""
+    half = (torch.float16, torch.bfloat16)
+    if query.dtype in half:
+        return query.dtype
+    if query.is_cuda and torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") in half:
+        return torch.get_autocast_dtype("cuda")
+    return None
+
+
+def varlen_fits(module: torch.nn.Module, query: torch.Tensor, dropout: float, kwargs: dict[str, Any]) -> bool:
+    """Whether the varlen kernel computes exactly what the per-example loop would for this layer."""
+    if not query.is_cuda or half_precision(query) is None or _varlen_kernel() is None:
+        return False
+    if dropout or kwargs.get("softcap") or getattr(module, "sliding_window", None):
+        return False
+    return _device_runs_flash(query.device.index or 0)
+
+
+def varlen_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    boundaries: torch.Tensor,
+    longest: int,
+    scaling: float | None,
+) -> torch.Tensor | None:
+    """Causal attention within each example of one packed row, in a single flash-attention call.
+
+    Takes SDPA's (1, heads, tokens, head_dim) layout and returns (1, tokens, heads, head_dim); None where this
+    PyTorch's ``varlen_attn`` lacks what the layer needs (a custom scale), so the caller loops instead.
+    """
+    varlen_attn, accepted = _varlen_kernel()  # type: ignore[misc]
+    options: dict[str, Any] = {}
+    if "window_size" in accepted:
+        options["window_size"] = (-1, 0)  # causal
+    else:
+        options["is_causal"] = True
+    if scaling is not None and "scale" in accepted:
+        options["scale"] = scaling
+    elif scaling is not None and abs(scaling - query.shape[-1] ** -0.5) > 1e-9:
+        return None
+    dtype = half_precision(query) or query.dtype
+    q, k, v = (tensor[0].transpose(0, 1).to(dtype) for tensor in (query, key, value))  # (tokens, heads, head_dim)
+    if k.shape[1] != q.shape[1]:
+        if "enable_gqa" in accepted:
+            options["enable_gqa"] = True
+        else:
+            groups = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    cumulative = boundaries.to(device=query.device, dtype=torch.int32)
+    output = varlen_attn(q, k, v, cumulative, cumulative, longest, longest, **options)
+    return output.unsqueeze(0)
+
+
 def packed_sdpa_attention_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -33,18 +118,37 @@ def packed_sdpa_attention_forward(
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
     position_ids: torch.Tensor | None = None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     length = query.shape[2]
-    segments = packed_segments(position_ids, length) if key.shape[2] == length else None
+    row = query.shape[0] == 1 and key.shape[2] == length  # one packed row, no cache continuation
+    boundaries = kwargs.get("cu_seq_lens_q")  # from rqa's PackingCollator: no read-back from the device
+    if row and boundaries is not None and varlen_fits(module, query, dropout, kwargs):
+        longest = kwargs.get("max_length_q") or int((boundaries[1:] - boundaries[:-1]).max())
+        output = varlen_attention(query, key, value, boundaries, int(longest), scaling)
+        if output is not None:
+            return output, None
+    segments = None
+    if row:
+        segments = boundary_segments(boundaries, length) or packed_segments(position_ids, length)
     if segments is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     kwargs.pop("is_causal", None)
     outputs = [
         sdpa_attention_forward(
-            module, query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], None, is_causal=True, **kwargs
+            module,
+            query[:, :, start:end],
+            key[:, :, start:end],
+            value[:, :, start:end],
+            None,
+            dropout,
+            scaling,
+            is_causal=True,
+            **kwargs,
         )[0]
         for start, end in segments
     ]

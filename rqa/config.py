@@ -79,7 +79,7 @@ class RqaTrainingArguments(TrainingArguments):
         default="auto",
         metadata={
             "help": "Pack each batch into one row without padding: 'true', 'false', or 'auto' (whenever the "
-            "attention keeps packed examples apart: flash-attention 2's variable-length kernel, SDPA attending "
+            "attention keeps packed examples apart: a variable-length flash-attention kernel, SDPA attending "
             "within each example, or eager with position-id masks)."
         },
     )

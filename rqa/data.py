@@ -177,10 +177,19 @@ class PaddingCollator:
 class PackingCollator:
     """Concatenates a batch into one row with restarting ``position_ids`` and no attention mask.
 
-    No padding is computed at all. Attention kernels keep the examples apart: flash-attention 2 through its
-    variable-length path, SDPA and eager through the block-diagonal mask transformers derives from the
-    position ids. The first label of every example is masked, so no example learns from its neighbour.
+    No padding is computed at all. Attention kernels keep the examples apart: flash-attention's variable-length
+    kernels through the example boundaries passed along (``cu_seq_lens_*``, ``max_length_*``, the names
+    transformers forwards to them, known here so no layer reads them back from the GPU), SDPA and eager through
+    the block-diagonal mask transformers derives from the position ids. The first label of every example is
+    masked, so no example learns from its neighbour.
+
+    ``pad_to_multiple_of`` rounds the row up with one extra, unlabelled example of padding tokens. On a GPU a
+    small model's step is bound by launching kernels, and every new row length makes each matrix product look up
+    its kernel afresh; a handful of lengths repeat instead.
     """
+
+    def __init__(self, pad_token_id: int = 0, pad_to_multiple_of: int | None = None) -> None:
+        self.pad_token_id, self.pad_to_multiple_of = pad_token_id, pad_to_multiple_of
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -188,13 +197,28 @@ class PackingCollator:
         input_ids: list[int] = []
         labels: list[int] = []
         positions: list[int] = []
-        for feature in features:
-            n = len(feature["input_ids"])
+        boundaries = [0]
+        lengths = [len(feature["input_ids"]) for feature in features]
+        for feature, n in zip(features, lengths, strict=True):
             input_ids += feature["input_ids"]
             labels += [IGNORE_INDEX, *feature["labels"][1:]]
             positions += range(n)
+            boundaries.append(boundaries[-1] + n)
+        padding = -boundaries[-1] % self.pad_to_multiple_of if self.pad_to_multiple_of else 0
+        if padding:
+            input_ids += [self.pad_token_id] * padding
+            labels += [IGNORE_INDEX] * padding
+            positions += range(padding)
+            boundaries.append(boundaries[-1] + padding)
+            lengths.append(padding)
+        cumulative = torch.tensor(boundaries, dtype=torch.int32)
+        longest = max(lengths)
         return {
             "input_ids": torch.tensor([input_ids]),
             "position_ids": torch.tensor([positions]),
             "labels": torch.tensor([labels]),
+            "cu_seq_lens_q": cumulative,
+            "cu_seq_lens_k": cumulative,
+            "max_length_q": longest,
+            "max_length_k": longest,
         }

@@ -269,15 +269,17 @@ def _collator(args: RqaTrainingArguments, model: Any, tokenizer: Any) -> Any:
     from rqa.attention import register_packed_sdpa
     from rqa.data import PackingCollator, PaddingCollator
 
+    # on a GPU, rows of a few repeating lengths keep kernel look-ups cached (see PackingCollator)
+    multiple = 64 if args.device.type == "cuda" else None
     packed = args.padding_free == "true" or (args.padding_free == "auto" and packing_keeps_examples_apart(model))
     if not packed:
-        return PaddingCollator(tokenizer.pad_token_id)
+        return PaddingCollator(tokenizer.pad_token_id, pad_to_multiple_of=multiple)
     if model.config._attn_implementation == "sdpa":
         model.set_attn_implementation(register_packed_sdpa())
         log.info("padding-free batches: each batch is packed into one row; SDPA attends within each example")
     else:
         log.info("padding-free batches: each batch is packed into one row")
-    return PackingCollator()
+    return PackingCollator(tokenizer.pad_token_id, pad_to_multiple_of=multiple)
 
 
 def save_host_memory(args: RqaTrainingArguments) -> None:

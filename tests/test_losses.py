@@ -39,7 +39,7 @@ def trainer_loss(model, batch, loss_name: str, tmp_path, **options) -> torch.Ten
         args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True),
         loss=loss,
     )
-    inputs = {k: v.clone() for k, v in batch.items()}
+    inputs = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     return trainer.compute_loss(model, inputs)
 
 
