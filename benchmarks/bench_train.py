@@ -7,6 +7,9 @@ of computed tokens that is padding, peak RSS, and the losses (the same batches m
 
     .venv/bin/python benchmarks/bench_train.py                    # fp32 and bf16, 10 measured steps
     .venv/bin/python benchmarks/bench_train.py --precision fp32 --steps 5
+    python benchmarks/bench_train.py --device cuda --precision bf16 --steps 30 --warmup 3   # on a GPU
+
+On a GPU, memory is each process's peak of allocated GPU memory instead of its peak RSS.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class Settings:
     precision: str
     threads: int
     grouped_pool: int = 0  # examples rqa-grouped samples from; 0: the whole training file
+    device: str = "cpu"  # or "cuda"
 
 
 @dataclass
@@ -85,6 +89,9 @@ class Result:
     computed_tokens: int = 0
     same_ids_as_rqa: str = ""
     compute_dtype: str = ""
+    peak_gpu_gb: float = 0.0  # peak allocated GPU memory (CUDA runs)
+    gpu: str = ""
+    packed_attention: str = ""  # how rqa's packed batches were attended to
     step_s: list[float] = field(default_factory=list)
     load_at_end: float = 0.0  # 1-minute load average when the child finished: 2 is this process alone
     all_tokens_per_s: list[float] = field(default_factory=list)  # every repeat, when run more than once
@@ -103,7 +110,13 @@ def answer_ce(model: Any, batch: dict[str, Any], labels: Any) -> float:
     import torch
     import torch.nn.functional as F
 
-    inputs = {k: v for k, v in batch.items() if k != "labels" and not k.startswith("bench_")}
+    device = model.device  # collators build batches on the CPU; Trainer moves them to a GPU afterwards
+    inputs = {
+        k: v.to(device) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+        if k != "labels" and not k.startswith("bench_")
+    }
+    labels = labels.to(device)
     backbone = getattr(model, model.base_model_prefix)
     with torch.no_grad():
         # no KV cache: with one, transformers skips the packed-sequence mask and padding-free rows would mix
@@ -125,8 +138,13 @@ class BatchRecorder:
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.collator(features)
         answer_labels = batch.pop(ANSWER_LABELS, None)
-        # padding-free batches are one row of concatenated examples with no attention mask and no padding (CPU)
-        real = int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].numel())
+        # padding-free batches are one row of concatenated examples with no attention mask (on a GPU rqa's is
+        # rounded up with padding tokens): their real tokens are the examples' own
+        real = (
+            int(batch["attention_mask"].sum())
+            if "attention_mask" in batch
+            else sum(len(feature["input_ids"]) for feature in features)
+        )
         self.batches.append({"real": real, "computed": int(batch["input_ids"].numel())})
         if self.first_batch_ce is None:  # collated before the first forward: the weights are untouched
             self.first_batch_ce = answer_ce(
@@ -154,8 +172,30 @@ def watch_compute_dtype(model: Any) -> set[str]:
     return seen
 
 
+def watch_packed_attention() -> dict[str, int]:
+    """Counts the layer calls rqa's packed attention sent to PyTorch's variable-length flash kernel."""
+    import rqa.attention as attention
+
+    calls = {"varlen": 0}
+    original = attention.varlen_attention
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        output = original(*args, **kwargs)
+        calls["varlen"] += output is not None
+        return output
+
+    attention.varlen_attention = counted
+    return calls
+
+
 def make_clock(warmup: int) -> Any:
+    import torch
     from transformers import TrainerCallback
+
+    def now() -> float:
+        if torch.cuda.is_available():  # GPU work is queued: a step ends when the device has finished it
+            torch.cuda.synchronize()
+        return time.perf_counter()
 
     class StepClock(TrainerCallback):
         """Marks when each optimizer step ends; the measured window runs from step ``warmup`` to the last."""
@@ -169,14 +209,14 @@ def make_clock(warmup: int) -> Any:
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             import psutil
 
-            self.train_begin = time.perf_counter()
+            self.train_begin = now()
             self.rss_at_train_begin = psutil.Process().memory_info().rss / 1024**3
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.began[state.global_step + 1] = time.perf_counter()
+            self.began[state.global_step + 1] = now()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.ended[state.global_step] = time.perf_counter()
+            self.ended[state.global_step] = now()
 
     return StepClock()
 
@@ -194,7 +234,7 @@ def common_args(settings: Settings, output_dir: str, sampling: str = "sequential
         "eval_strategy": "no",
         "save_strategy": "no",
         "report_to": "none",
-        "use_cpu": True,
+        "use_cpu": settings.device == "cpu",
         "bf16": settings.precision == "bf16",
         "gradient_checkpointing": False,  # TRL turns it on by default; rqa and Trainer do not
         "train_sampling_strategy": sampling,
@@ -301,6 +341,8 @@ def run_tool(tool: str, settings: Settings) -> Result:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible to PyTorch")
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(0)
@@ -338,7 +380,9 @@ def run_tool(tool: str, settings: Settings) -> Result:
         clock = make_clock(settings.warmup)
         trainer.add_callback(clock)
         compute_dtypes = watch_compute_dtype(trainer.model)
+        varlen_calls = watch_packed_attention()
         trainer.train()
+        implementation = trainer.model.config._attn_implementation
 
     first, last = settings.warmup, settings.warmup + settings.steps
     measured = recorder.batches[first:last]
@@ -348,6 +392,10 @@ def run_tool(tool: str, settings: Settings) -> Result:
     step_s = [clock.ended[s] - clock.began[s] for s in range(1, last + 1)]
     losses = {int(e["step"]): float(e["loss"]) for e in trainer.state.log_history if "loss" in e}
     measured_losses = [losses[s] for s in range(first + 1, last + 1) if s in losses]
+    on_gpu = settings.device == "cuda"
+    packed = ""
+    if tool in RQA_TOOLS and implementation == "sdpa_packed":
+        packed = "flash varlen kernel" if varlen_calls["varlen"] else "SDPA per example"
     return Result(
         tool=tool,
         precision=settings.precision,
@@ -365,6 +413,9 @@ def run_tool(tool: str, settings: Settings) -> Result:
         computed_tokens=computed,
         same_ids_as_rqa=same_ids,
         compute_dtype="+".join(sorted(compute_dtypes)),
+        peak_gpu_gb=torch.cuda.max_memory_allocated() / 1024**3 if on_gpu else 0.0,
+        gpu=torch.cuda.get_device_name() if on_gpu else "",
+        packed_attention=packed or implementation,
         step_s=[round(s, 3) for s in step_s],
         load_at_end=os.getloadavg()[0],
         notes=notes,
@@ -376,6 +427,11 @@ def run_tool(tool: str, settings: Settings) -> Result:
 
 def report(results: list[Result], settings: Settings, load_before: str, write: bool = True) -> None:
     by_tool = {r.tool: r for r in results}
+    on_gpu = settings.device == "cuda"
+
+    def memory(r: Result) -> float:
+        return r.peak_gpu_gb if on_gpu else r.peak_rss_gb
+
     columns = [
         "tool",
         "real tok/s",
@@ -383,7 +439,7 @@ def report(results: list[Result], settings: Settings, load_before: str, write: b
         "padding",
         "computed in",
         "step s",
-        "peak RSS GB",
+        "peak GPU GB" if on_gpu else "peak RSS GB",
         "mean loss",
         "CE batch 1",
         "own loss 1",
@@ -398,8 +454,8 @@ def report(results: list[Result], settings: Settings, load_before: str, write: b
             " / ".join(f"{t:.0f}" for t in r.all_tokens_per_s) or "-",
             f"{r.padding_share:.1%}",
             r.compute_dtype,
-            f"{r.median_step_s:.2f}",
-            f"{r.peak_rss_gb:.2f}",
+            f"{r.median_step_s:.3f}" if on_gpu else f"{r.median_step_s:.2f}",
+            f"{memory(r):.2f}",
             f"{r.mean_loss:.4f}",
             f"{r.first_batch_answer_ce:.4f}",
             f"{r.step1_loss:.4f}",
@@ -421,12 +477,13 @@ def report(results: list[Result], settings: Settings, load_before: str, write: b
                     [
                         f"{name} / {baseline}",
                         ratio(mine.real_tokens_per_s, other.real_tokens_per_s),
-                        ratio(mine.peak_rss_gb, other.peak_rss_gb),
+                        ratio(memory(mine), memory(other)),
                         ratio(mine.computed_tokens, other.computed_tokens),
                     ]
                 )
-    ratio_columns = ["ratio", "real tokens/s", "peak RSS", "computed tokens"]
-    title = f"training, {settings.precision}: {settings.steps} measured steps after {settings.warmup} warm-up"
+    ratio_columns = ["ratio", "real tokens/s", "peak GPU memory" if on_gpu else "peak RSS", "computed tokens"]
+    where = f"{settings.precision} on {results[0].gpu}" if on_gpu else settings.precision
+    title = f"training, {where}: {settings.steps} measured steps after {settings.warmup} warm-up"
     print_table(title, columns, rows)
     print_table(
         "ratios (above 1×: rqa processes more real tokens per second / uses more memory)", ratio_columns, ratio_rows
@@ -441,10 +498,16 @@ def report(results: list[Result], settings: Settings, load_before: str, write: b
         for r in results
         if r.compute_dtype and expected not in r.compute_dtype
     ]
+    if on_gpu:
+        attention = sorted({f"{r.tool}: {r.packed_attention}" for r in results if r.tool in RQA_TOOLS})
+        notes.append(
+            "on the GPU, memory is each process's peak allocated GPU memory, and steps are timed after the device "
+            "has finished them; rqa's packed batches were attended to by: " + "; ".join(attention)
+        )
     body = "\n\n".join(
         [
-            f"## Training throughput, {settings.precision}",
-            section_preamble(load_before),
+            f"## Training throughput, {where}",
+            section_preamble(load_before, accelerator=results[0].gpu),
             f"SmolLM2-135M-Instruct (embedded), first {settings.examples} Faire training examples in file order, "
             f"batch {settings.batch_size}, max length {settings.max_length}, {settings.steps} measured steps after "
             f"{settings.warmup} warm-up steps, each tool in its own process. Real tokens exclude padding; "
@@ -462,7 +525,7 @@ def report(results: list[Result], settings: Settings, load_before: str, write: b
             *(f"Note: {note}." for note in notes),
         ]
     )
-    write_section(f"bench_train:{settings.precision}", body)
+    write_section(f"bench_train:cuda-{settings.precision}" if on_gpu else f"bench_train:{settings.precision}", body)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -478,6 +541,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=int, default=1, help="runs per tool, alternating order; best kept")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per child (0: torch's default)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where every tool trains")
     parser.add_argument("--tools", nargs="+", choices=list(TOOLS), default=DEFAULT_TOOLS)
     parser.add_argument("--no_write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     parser.add_argument("--child", choices=list(TOOLS), help=argparse.SUPPRESS)
@@ -498,6 +562,7 @@ def main(argv: list[str]) -> None:
             precisions[0],
             args.threads,
             args.grouped_pool,
+            args.device,
         )
         emit_json(asdict(run_tool(args.child, settings)))
         return
@@ -511,6 +576,7 @@ def main(argv: list[str]) -> None:
             precision,
             args.threads,
             args.grouped_pool,
+            args.device,
         )
         load_before = load_average()
         runs: dict[str, list[Result]] = {tool: [] for tool in args.tools}
@@ -529,7 +595,8 @@ def main(argv: list[str]) -> None:
 
 
 def run_tool_in_child(tool: str, settings: Settings, round_: int) -> Result:
-    wait_for_quiet()
+    if settings.device == "cpu":  # a busy shared CPU slows every tool; a GPU run is not measured on the CPU
+        wait_for_quiet()
     began = time.perf_counter()
     print(f"[{settings.precision} round {round_ + 1}] {TOOLS[tool]} ...", end=" ", flush=True)
     child_argv = [
@@ -538,7 +605,7 @@ def run_tool_in_child(tool: str, settings: Settings, round_: int) -> Result:
         *("--steps", str(settings.steps), "--warmup", str(settings.warmup)),
         *("--batch_size", str(settings.batch_size), "--max_length", str(settings.max_length)),
         *("--examples", str(settings.examples), "--threads", str(settings.threads)),
-        *("--grouped_pool", str(settings.grouped_pool)),
+        *("--grouped_pool", str(settings.grouped_pool), "--device", settings.device),
     ]
     result = Result(**run_child(child_argv))
     print(

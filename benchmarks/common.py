@@ -28,7 +28,15 @@ DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "faire"
 CACHE_DIR = REPO_ROOT / "benchmarks" / ".cache"
 BENCHMARKS_MD = REPO_ROOT / "BENCHMARKS.md"
 JSON_MARKER = "BENCH_JSON "  # children print one line starting with this; libraries may print anything else
-SECTION_ORDER = ("bench_cli", "bench_index", "bench_train:fp32", "bench_train:bf16", "bench_eval", "bench_quality")
+SECTION_ORDER = (
+    "bench_cli",
+    "bench_index",
+    "bench_train:fp32",
+    "bench_train:bf16",
+    "bench_train:cuda-bf16",
+    "bench_eval",
+    "bench_quality",
+)
 
 MD_HEADER = """# Benchmarks
 
@@ -208,11 +216,12 @@ def invocation() -> str:
     return shlex.join([".venv/bin/python", str(shown), *sys.argv[1:]])
 
 
-def section_preamble(load_before: str) -> str:
+def section_preamble(load_before: str, accelerator: str = "") -> str:
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    machine = f"{accelerator} with {environment_line()}" if accelerator else environment_line()
     return (
         f"Command: `{invocation()}`  \n"
-        f"Run {stamp} on {environment_line()}.  \n"
+        f"Run {stamp} on {machine}.  \n"
         f"Load average (1/5/15 min) before: {load_before}; after: {load_average()}."
     )
 
