@@ -103,6 +103,20 @@ def flash_attention_available() -> tuple[bool, str]:
     return True, ""
 
 
+def cpu_emulates_bf16() -> bool:
+    """Whether this x86 CPU lacks bf16 instructions (avx512_bf16, AMX), so that bf16 matrix products are emulated."""
+    import platform
+
+    import torch
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False  # other architectures: no reliable probe, assume native support
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if any(probe is None for probe in probes):
+        return False
+    return not any(probe() for probe in probes)
+
+
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 

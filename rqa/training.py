@@ -155,6 +155,7 @@ def run_training(args: RqaTrainingArguments, console: Any) -> dict[str, Path]:
         args.load_best_model_at_end = False
     log.info("formatter %s; %d training examples encoded", plan.formatter.name, len(train_data))
     save_host_memory(args)
+    warn_if_bf16_is_emulated(args)
     model = _load_model(args, model_path)
 
     evaluator = test_evaluator = None
@@ -288,6 +289,17 @@ def save_host_memory(args: RqaTrainingArguments) -> None:
 
     if args.gradient_checkpointing and return_large_blocks_to_the_system():
         log.info("gradient checkpointing: freed activations go back to the system (lower peak memory)")
+
+
+def warn_if_bf16_is_emulated(args: RqaTrainingArguments) -> None:
+    """bf16 on a CPU without bf16 instructions trains several times slower than fp32: say so before it starts."""
+    from rqa.models import cpu_emulates_bf16
+
+    if args.bf16 and args.device.type == "cpu" and cpu_emulates_bf16():
+        log.warning(
+            "--bf16 true on a CPU without bf16 instructions (avx512_bf16 or AMX): its bf16 matrix products are "
+            "emulated, several times slower than fp32 (4x on a 2-core AVX-512 machine); leave --bf16 off here"
+        )
 
 
 def _load_model(args: RqaTrainingArguments, model_path: str) -> Any:

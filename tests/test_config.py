@@ -111,3 +111,26 @@ def test_dry_run_checks_without_loading_a_model() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert bad.returncode == 1 and "unknown retriever 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx", "bf16", "warned"),
+    [
+        (False, False, "true", True),
+        (True, False, "true", False),
+        (False, True, "true", False),
+        (False, False, "false", False),
+    ],
+)
+def test_bf16_on_a_cpu_that_emulates_it_is_flagged(monkeypatch, caplog, avx512_bf16, amx, bf16, warned) -> None:
+    import platform
+
+    import torch
+
+    from rqa.training import warn_if_bf16_is_emulated
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    warn_if_bf16_is_emulated(parse_train_args(["--use_cpu", "true", "--bf16", bf16]))
+    assert ("bf16 matrix products are emulated" in caplog.text) is warned
