@@ -46,6 +46,8 @@ STARTED = time.perf_counter()
 TOOLS: dict[str, str] = {
     "rqa": "rqa, defaults (packed batches)",
     "rqa-gc": "rqa, packed + gradient checkpointing",
+    "rqa-micro": "rqa, one example per forward, gradients accumulated",
+    "rqa-micro-gc": "rqa, one example per forward + gradient checkpointing",
     "rqa-padded": "rqa, padded batches (--padding_free false)",
     "rqa-grouped": "rqa, padded, group_by_length",
     "trl": "TRL SFTTrainer, prompt-completion",
@@ -53,7 +55,7 @@ TOOLS: dict[str, str] = {
     "localrqa-way": "LocalRQA way (pad to max_length, loss on all)",
 }
 DEFAULT_TOOLS = ["rqa", "rqa-gc", "trl", "trl-padding-free", "localrqa-way"]
-RQA_TOOLS = ("rqa", "rqa-gc", "rqa-padded", "rqa-grouped")
+RQA_TOOLS = ("rqa", "rqa-gc", "rqa-micro", "rqa-micro-gc", "rqa-padded", "rqa-grouped")
 BASELINES = ("trl", "trl-padding-free", "localrqa-way")
 ANSWER_LABELS = "bench_answer_labels"  # extra batch key: answer-only labels for tools whose labels cover more
 
@@ -264,7 +266,10 @@ def rqa_trainer(settings: Settings, output_dir: str, encoded: list[dict[str, Any
     path = generator_path()
     tokenizer = load_tokenizer(path)
     options = common_args(settings, output_dir, "group_by_length" if tool == "rqa-grouped" else "sequential")
-    options["gradient_checkpointing"] = tool == "rqa-gc"
+    options["gradient_checkpointing"] = tool.endswith("-gc")
+    if tool.startswith("rqa-micro"):
+        options["per_device_train_batch_size"] = 1
+        options["gradient_accumulation_steps"] = settings.batch_size
     padding_free = "false" if tool in ("rqa-padded", "rqa-grouped") else "auto"
     args = RqaTrainingArguments(**options, max_seq_length=settings.max_length, padding_free=padding_free)
     save_host_memory(args)
@@ -360,6 +365,12 @@ def run_tool(tool: str, settings: Settings) -> Result:
             "length grouping sorts within mega-batches that hold a single batch below 16 batches' worth of "
             "examples, so on the first N it would not group at all; its batches and losses differ from the others'"
         )
+    if tool.startswith("rqa-micro"):
+        notes.append(
+            f"{tool} runs each batch as {settings.batch_size} accumulated one-example forward passes (the same "
+            "batches and gradients; --per_device_train_batch_size 1 --gradient_accumulation_steps "
+            f"{settings.batch_size}): its 'CE batch 1' covers the first example only, its 'own loss 1' the batch"
+        )
     if stats.trimmed or stats.dropped:  # the text-based tools would then see other text: 'ids = rqa' shows it
         notes.append(f"{tool}: rqa trimmed {stats.trimmed} and dropped {len(stats.dropped)} over-long examples")
     rendered = [encoder.formatter.render(e, e.gold_docs) for e in examples]
@@ -385,7 +396,8 @@ def run_tool(tool: str, settings: Settings) -> Result:
         implementation = trainer.model.config._attn_implementation
 
     first, last = settings.warmup, settings.warmup + settings.steps
-    measured = recorder.batches[first:last]
+    per_step = settings.batch_size if tool.startswith("rqa-micro") else 1  # collated batches per optimizer step
+    measured = recorder.batches[first * per_step : last * per_step]
     seconds = clock.ended[last] - clock.ended[first]
     real = sum(b["real"] for b in measured)
     computed = sum(b["computed"] for b in measured)
