@@ -103,6 +103,48 @@ def test_packed_batch_gives_the_same_loss_as_the_padded_batch(tmp_path) -> None:
     assert not torch.allclose(trainer_loss(model, leaky, "answer-ce", tmp_path), padded, atol=1e-4)
 
 
+def test_one_example_per_forward_accumulated_gives_the_whole_batchs_update(tmp_path) -> None:
+    """``--per_device_train_batch_size 1 --gradient_accumulation_steps N``: the same step as one batch of N.
+
+    The loss is normalised by the answer tokens of the whole accumulated batch, not averaged per pass (the
+    examples' answers differ in length, so a mean of means would move the weights differently).
+    """
+    from transformers import TrainingArguments
+
+    from rqa.data import PackingCollator
+
+    tokenizer = embedded_tokenizer()
+    formatter = get_plugins()["formatters"].create("chatml", {}, tokenizer=tokenizer)
+    encoder = ExampleEncoder(tokenizer, formatter)
+    answers = ("Yes.", "Descale every four weeks in hard-water areas.", "Use the app, then hold the button for five s.")
+    items = [encoder.encode(example(answer=answer)) for answer in answers]  # answers of different lengths
+
+    def weights_after_one_step(batch_size: int, accumulation: int) -> dict[str, torch.Tensor]:
+        model = tiny_model(tokenizer)
+        args = TrainingArguments(
+            output_dir=str(tmp_path / f"run-{batch_size}"),
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            max_steps=1,
+            optim="sgd",
+            learning_rate=0.5,
+            lr_scheduler_type="constant",
+            max_grad_norm=0.0,  # no clipping: it would hide a gradient that is only scaled differently
+            save_strategy="no",
+            report_to="none",
+            use_cpu=True,
+        )
+        loss = get_plugins()["losses"].create("answer-ce")
+        RqaTrainer(model=model, args=args, train_dataset=items, data_collator=PackingCollator(), loss=loss).train()
+        return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+    before = {name: value.detach().clone() for name, value in tiny_model(tokenizer).state_dict().items()}
+    whole, accumulated = weights_after_one_step(3, 1), weights_after_one_step(1, 3)
+    assert any(not torch.equal(whole[name], before[name]) for name in whole)
+    for name, value in whole.items():
+        assert torch.allclose(accumulated[name], value, atol=1e-6), name
+
+
 def test_bf16_mixed_precision_reaches_the_backbone_and_head(tmp_path) -> None:
     """Calling the backbone directly must not fall out of the autocast that ``--bf16`` asks for."""
     from transformers import TrainingArguments
