@@ -11,7 +11,9 @@ On a GPU, a left-padded batch goes through ``generate`` as it is. On a CPU two c
   the dynamic cache makes at every step.
 
 ``generate`` then starts from the assembled cache: its first step feeds each row's last prompt token, with
-positions taken from the attention mask as usual.
+positions taken from the attention mask as usual. Decoding runs in segments of ``DECODE_SEGMENT`` tokens; after
+each, rows whose answer has ended leave the batch (their cache rows are dropped), since every row of a batch
+reads its own cache at every step until the longest answer ends.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+DECODE_SEGMENT = 32  # new tokens per ``generate`` call before finished rows leave the batch (CPU path)
 
 
 def stop_token_ids(tokenizer: Any, end_of_turn: str) -> tuple[list[int], list[str]]:
@@ -131,6 +135,63 @@ def prefilled_cache(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens
     return cache
 
 
+def kept_rows(cache: Any, model: Any, rows: Sequence[int], filled: int) -> Any:
+    """A static cache of the same length holding only ``rows`` of ``cache``'s first ``filled`` positions."""
+    import torch
+    from transformers import StaticCache
+
+    kept = StaticCache(config=model.config, max_cache_len=cache.layers[0].max_cache_len)
+    index = torch.tensor(list(rows), device=cache.layers[0].keys.device)
+    for layer, old in enumerate(cache.layers):
+        kept.update(old.keys[index, :, :filled], old.values[index, :, :filled], layer)
+        cache.layers[layer] = None  # released as the new cache fills
+    return kept
+
+
+def decode_dropping_finished_rows(
+    model: Any, input_ids: Any, attention: Any, cache: Any, settings: dict[str, Any], tokenizer: Any
+) -> list[list[int]]:
+    """Greedy new tokens for each row, generated ``DECODE_SEGMENT`` at a time from a prefilled static cache.
+
+    Between segments the rows whose answer has ended (an end-of-turn id or stop string) leave the batch, and the
+    others continue from their own cache rows: every row gets the tokens a single ``generate`` call would give it.
+    """
+    import torch
+
+    eos_ids = set(settings["eos_token_id"])
+    stop_strings = settings["stop_strings"] or []
+    rows = list(range(input_ids.shape[0]))
+    new_tokens: list[list[int]] = [[] for _ in rows]
+    remaining = settings["max_new_tokens"]
+    while rows and remaining > 0:
+        steps = min(DECODE_SEGMENT, remaining)
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention,
+            use_cache=True,
+            **{**settings, "max_new_tokens": steps},
+            **{cache_keyword(): cache},
+        )
+        generated = output[:, input_ids.shape[1] :]
+        keep = []
+        for position, row in enumerate(rows):
+            new_tokens[row] += generated[position].tolist()
+            text = tokenizer.decode(new_tokens[row]) if stop_strings else ""
+            if not (eos_ids & set(new_tokens[row]) or any(stop in text for stop in stop_strings)):
+                keep.append(position)
+        remaining -= generated.shape[1]
+        if not keep or generated.shape[1] < steps:
+            break
+        input_ids = output
+        attention = torch.cat([attention, attention.new_ones(generated.shape)], dim=1)
+        if len(keep) < len(rows):
+            index = torch.tensor(keep, device=input_ids.device)
+            input_ids, attention = input_ids[index], attention[index]
+            cache = kept_rows(cache, model, keep, input_ids.shape[1] - 1)
+            rows = [rows[position] for position in keep]
+    return new_tokens
+
+
 def left_padded(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:
     """Input ids and attention mask with every prompt ending where generation starts."""
     import torch
@@ -173,20 +234,20 @@ def generate_answers(
                 input_ids, attention = left_padded(rows, settings["pad_token_id"])
                 began = time.perf_counter()
                 if assemble:
-                    cache = {cache_keyword(): prefilled_cache(model, rows, max_new_tokens)}
+                    cache = prefilled_cache(model, rows, max_new_tokens)
+                    new_ids = decode_dropping_finished_rows(model, input_ids, attention, cache, settings, tokenizer)
                 else:
-                    cache = {"cache_implementation": "static"} if on_cpu else {}
-                output = model.generate(
-                    input_ids=input_ids.to(device),
-                    attention_mask=attention.to(device),
-                    use_cache=True,
-                    **settings,
-                    **cache,
-                )
+                    output = model.generate(
+                        input_ids=input_ids.to(device),
+                        attention_mask=attention.to(device),
+                        use_cache=True,
+                        **settings,
+                        **({"cache_implementation": "static"} if on_cpu else {}),
+                    )
+                    new_ids = [row[input_ids.shape[1] :].tolist() for row in output]
                 elapsed = (time.perf_counter() - began) / len(batch)
                 for row, index in enumerate(batch):
-                    new_ids = output[row, input_ids.shape[1] :]
-                    answers[index], seconds[index] = answer_text(tokenizer, new_ids, end_of_turn), elapsed
+                    answers[index], seconds[index] = answer_text(tokenizer, new_ids[row], end_of_turn), elapsed
                 if progress is not None:
                     progress(len(batch))
     finally:

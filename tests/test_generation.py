@@ -32,8 +32,10 @@ def test_a_batch_closes_before_padding_dominates() -> None:
     assert length_batches(lengths, batch_size=8, max_padding=1.0) == [[0, 1, 2, 3]]
 
 
-def one_at_a_time(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
-    eos_ids, _ = stop_token_ids(tokenizer, "<|im_end|>")
+def one_at_a_time(
+    model, tokenizer, prompts: list[list[int]], max_new_tokens: int, end_of_turn: str = "<|im_end|>"
+) -> list[str]:
+    eos_ids, _ = stop_token_ids(tokenizer, end_of_turn)
     answers = []
     for ids in prompts:
         with torch.inference_mode():
@@ -45,7 +47,7 @@ def one_at_a_time(model, tokenizer, prompts: list[list[int]], max_new_tokens: in
                 pad_token_id=tokenizer.pad_token_id,
             )
         text = tokenizer.decode(output[0, len(ids) :], skip_special_tokens=True)
-        answers.append(text.split("<|im_end|>")[0].strip())
+        answers.append(text.split(end_of_turn)[0].strip())
     return answers
 
 
@@ -60,6 +62,50 @@ def test_batched_greedy_answers_equal_one_prompt_at_a_time(batch_size: int) -> N
     assert answers == expected
     assert len(seconds) == len(prompts) and all(s > 0 for s in seconds)
     assert any(answers)  # the random model does say something
+
+
+def test_rows_whose_answer_ended_leave_the_batch_and_the_others_continue_unchanged(monkeypatch) -> None:
+    import rqa.generation as generation
+
+    monkeypatch.setattr(generation, "DECODE_SEGMENT", 3)
+    kept = []
+    kept_rows = generation.kept_rows
+    monkeypatch.setattr(generation, "kept_rows", lambda *args: kept.append(list(args[2])) or kept_rows(*args))
+    tokenizer = embedded_tokenizer()
+    model = tiny_model(tokenizer, seed=3)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # larger random weights: varied answers instead of one repeated token
+        for name, parameter in model.named_parameters():
+            if "norm" not in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    texts = [
+        "How do I descale the kettle?",
+        "Why does my kettle click off early?",
+        "Can I boil milk in the kettle?",
+        "Where is the water filter located?",
+        "How long does the warranty last?",
+    ]
+    prompts = [tokenizer(text)["input_ids"] for text in texts]
+    with torch.inference_mode():
+        free = [
+            model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids) :] for ids in prompts
+        ]
+    # an "end of turn" that one answer says in its second segment and no other answer says at all
+    candidates = [
+        int(row[position])
+        for index, row in enumerate(free)
+        for position in (3, 4, 5)
+        if int(row[position]) not in row[:position].tolist()
+        and all(int(row[position]) not in other.tolist() for other in free[:index] + free[index + 1 :])
+        and tokenizer(tokenizer.decode([int(row[position])]), add_special_tokens=False)["input_ids"]
+        == [int(row[position])]
+    ]
+    assert candidates, "no token ends exactly one answer early"
+    end_of_turn = tokenizer.decode([candidates[0]])
+    expected = one_at_a_time(model, tokenizer, prompts, 12, end_of_turn)
+    answers, _ = generate_answers(model, tokenizer, prompts, end_of_turn, 12, batch_size=8)
+    assert answers == expected
+    assert [len(rows) for rows in kept] == [4], "one row should have left a batch of five, four continuing"
 
 
 def test_an_assembled_cache_continues_every_prompt_as_if_it_ran_alone() -> None:
