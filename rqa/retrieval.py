@@ -1,22 +1,26 @@
 """Dense retrieval: sentence-transformers embeddings, normalised, in a faiss inner-product index.
 
-The index directory (``index.faiss`` plus the manifest: embedding model, prefixes, normalisation, document
-count, content fingerprint) follows ``rqa.indexing``: reused only when it matches, built atomically.
+The index directory (``index.faiss`` plus the manifest: embedding model by name and by content, prefixes,
+normalisation, document count, content fingerprint) follows ``rqa.indexing``: reused only when it matches,
+built atomically.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rqa.errors import RqaError
+from rqa.fingerprint import model_fingerprint
 from rqa.indexing import MANIFEST, IndexedRetriever, IndexMismatchError, Rebuild
 from rqa.schema import Document, fingerprint_documents
 
 __all__ = ["INDEX_FILE", "MANIFEST", "DenseFaissRetriever", "Hit", "IndexMismatchError", "Rebuild"]
 INDEX_FILE = "index.faiss"
 Hit = tuple[Document, float]
+log = logging.getLogger("rqa")
 
 
 class DenseFaissRetriever(IndexedRetriever):
@@ -40,6 +44,7 @@ class DenseFaissRetriever(IndexedRetriever):
         self.batch_size, self.normalize, self.device = batch_size, normalize, device
         self._encoder: Any = None
         self.faiss_index: Any = None
+        self._loaded_fingerprint: str | None = None  # the model the loaded index's vectors came from
 
     @property
     def encoder(self) -> Any:
@@ -49,7 +54,23 @@ class DenseFaissRetriever(IndexedRetriever):
             from rqa.models import resolve_embedder
 
             self._encoder = SentenceTransformer(resolve_embedder(self.embedding_model), device=self.device)
+            # a reused index was checked before the model loaded: say so if the model changed in between
+            now = self.model_fingerprint() if self._loaded_fingerprint is not None else None
+            if now is not None and now != self._loaded_fingerprint:
+                log.warning(
+                    "the embedding model %s changed after its index was checked (%s, now %s): queries may not "
+                    "match the documents' vectors until the index is rebuilt, which the next run does",
+                    self.embedding_model,
+                    self._loaded_fingerprint,
+                    now,
+                )
         return self._encoder
+
+    def model_fingerprint(self) -> str:
+        """The embedding model by content: its files' hash, or a Hub id's commit (see ``model_fingerprint``)."""
+        from rqa.models import resolve_embedder
+
+        return model_fingerprint(resolve_embedder(self.embedding_model))
 
     def encode(self, texts: Sequence[str], progress: bool = False) -> Any:
         import numpy as np
@@ -81,6 +102,7 @@ class DenseFaissRetriever(IndexedRetriever):
         return {
             "retriever": self.name,
             "embedding_model": self.embedding_model,
+            "embedding_model_fingerprint": self.model_fingerprint(),
             "query_prefix": self.query_prefix,
             "passage_prefix": self.passage_prefix,
             "normalize": self.normalize,
@@ -88,9 +110,17 @@ class DenseFaissRetriever(IndexedRetriever):
             "fingerprint": fingerprint_documents(list(documents)),
         }
 
+    def settle_manifest(self, expected: dict[str, Any]) -> dict[str, Any]:
+        """A Hub model downloaded while indexing now has a commit: record it, or the next run rebuilds."""
+        fingerprint = str(expected.get("embedding_model_fingerprint", ""))
+        if fingerprint.startswith("hub:") and "@" not in fingerprint:
+            return {**expected, "embedding_model_fingerprint": self.model_fingerprint()}
+        return expected
+
     def index(self, documents: Sequence[Document], progress: bool) -> None:
         import faiss
 
+        self._loaded_fingerprint = None  # the vectors about to be made are checked by the manifest itself
         vectors = self.encode([self.passage_prefix + d.text for d in documents], progress=progress)
         self.faiss_index = faiss.IndexFlatIP(vectors.shape[1])
         self.faiss_index.add(vectors)
@@ -107,6 +137,7 @@ class DenseFaissRetriever(IndexedRetriever):
         if index.ntotal != expected["num_documents"]:
             return f"it holds {index.ntotal} vectors for {expected['num_documents']} documents"
         self.faiss_index = index
+        self._loaded_fingerprint = expected.get("embedding_model_fingerprint")
         return None
 
     def retrieve(self, queries: Sequence[str], k: int) -> list[list[Hit]]:

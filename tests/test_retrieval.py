@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +18,8 @@ from helpers import document
 
 from rqa import __version__
 from rqa.errors import RqaError
+from rqa.fingerprint import model_fingerprint
+from rqa.indexing import NotAnIndexError
 from rqa.models import DEFAULT_EMBEDDER, resolve_embedder
 from rqa.retrieval import INDEX_FILE, MANIFEST, DenseFaissRetriever, IndexMismatchError
 from rqa.schema import Document
@@ -493,3 +496,304 @@ def test_rqa_index_command_builds_reuses_and_checks(tmp_path: Path) -> None:
     assert "fingerprint" in said(check)
     assert "Traceback" not in check.stdout + check.stderr
     assert read_manifest(index_dir) == manifest  # --check never builds
+
+
+# ---------------------------------------------------------------- index folders are rqa's alone
+
+
+def write_database(path: Path, topics: list[tuple[str, str]] = TOPICS[:5]) -> Path:
+    records = [{"page_content": text, "metadata": {"title": title}} for title, text in topics]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def run_rqa_index(database: Path, index: Path, *extra: str, cache: Path | None = None) -> tuple[int, str]:
+    """``rqa index`` as a user runs it: the exit code and everything it printed, on one line."""
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    if cache is not None:
+        env["RQA_CACHE_DIR"] = str(cache)
+    command = [str(RQA), "index", "--documents", str(database), "--index", str(index), *extra]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=database.parent, timeout=180)
+    return result.returncode, " ".join((result.stdout + result.stderr).split())
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_rqa_index_refuses_a_folder_of_the_users_own(tmp_path: Path) -> None:
+    database = write_database(tmp_path / "documents.jsonl")
+    data = tmp_path / "data"
+    (data / "raw").mkdir(parents=True)
+    (data / "notes.txt").write_text("my own notes, not an index\n")
+    (data / "raw" / "export.csv").write_text("id,text\n1,hello\n")
+    before = snapshot(data)
+
+    for extra in ((), ("--rebuild",), ("--check",)):
+        code, said = run_rqa_index(database, data, *extra)
+        assert code == 1, said
+        assert f"{data} is not an rqa index (no manifest.json) and is not empty" in said
+        assert "will not replace it" in said
+        assert "Traceback" not in said
+        assert snapshot(data) == before  # nothing moved, nothing deleted
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "documents.jsonl"]  # no staging left
+
+
+def test_rqa_index_refuses_a_file(tmp_path: Path) -> None:
+    database = write_database(tmp_path / "documents.jsonl")
+    target = tmp_path / "index"
+    target.write_text("a file where the index would go\n")
+    code, said = run_rqa_index(database, target)
+    assert code == 1, said
+    assert f"{target} is a file, not an index folder" in said
+    assert target.read_text() == "a file where the index would go\n"
+
+
+@pytest.mark.parametrize("rebuild", ["auto", "always", "never"])
+def test_a_folder_that_is_not_an_index_is_refused_before_embedding(
+    tmp_path: Path, make_retriever: MakeRetriever, rebuild: Any
+) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("precious")
+    retriever, counter = make_retriever()
+    with pytest.raises(NotAnIndexError, match=r"data is not an rqa index \(no manifest.json\)") as refused:
+        retriever.build(make_documents(), folder, rebuild=rebuild)
+    assert isinstance(refused.value, RqaError)
+    assert counter.calls == []
+    assert snapshot(folder) == {"keep.txt": b"precious"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_a_manifest_json_that_is_not_rqas_does_not_make_an_index(tmp_path: Path, make_retriever: MakeRetriever) -> None:
+    folder = tmp_path / "site"
+    folder.mkdir()
+    (folder / MANIFEST).write_text('{"name": "My web app", "icons": []}')
+    (folder / "index.html").write_text("<h1>hello</h1>")
+    before = snapshot(folder)
+    retriever, counter = make_retriever()
+    with pytest.raises(NotAnIndexError, match=r"its manifest\.json is not rqa's"):
+        retriever.build(make_documents(), folder)
+    assert counter.calls == [] and snapshot(folder) == before
+
+
+def test_a_file_is_refused_as_an_index(tmp_path: Path, make_retriever: MakeRetriever) -> None:
+    target = tmp_path / "index"
+    target.write_bytes(b"\x00data")
+    retriever, counter = make_retriever()
+    with pytest.raises(NotAnIndexError, match="is a file, not an index folder"):
+        retriever.build(make_documents(), target)
+    assert counter.calls == [] and target.read_bytes() == b"\x00data"
+
+
+def test_missing_and_empty_folders_become_indexes(tmp_path: Path, make_retriever: MakeRetriever) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    missing = tmp_path / "deep" / "missing"
+    for folder in (empty, missing):
+        retriever, _ = make_retriever()
+        assert retriever.build(make_documents(), folder) is True
+        assert sorted(p.name for p in folder.iterdir()) == sorted([INDEX_FILE, MANIFEST])
+        assert make_retriever()[0].build(make_documents(), folder) is False
+
+
+def test_an_index_of_another_retriever_is_rebuilt(tmp_path: Path, make_retriever: MakeRetriever) -> None:
+    folder = tmp_path / "index"
+    folder.mkdir()
+    (folder / MANIFEST).write_text(json.dumps({"retriever": "bm25", "k1": 1.5, "rqa_version": __version__}))
+    (folder / "params.index.json").write_text("{}")
+    retriever, counter = make_retriever()
+    assert retriever.build(make_documents(), folder) is True
+    assert len(document_calls(counter)) == 1
+    assert sorted(p.name for p in folder.iterdir()) == sorted([INDEX_FILE, MANIFEST])
+    assert read_manifest(folder)["retriever"] == "dense-faiss"
+
+
+def test_a_folder_filled_while_building_is_not_replaced(tmp_path: Path, make_retriever: MakeRetriever) -> None:
+    """Empty when the build starts, someone's files by the time it ends: checked again before replacing."""
+    folder = tmp_path / "index"
+    folder.mkdir()
+    retriever, counter = make_retriever()
+    real_encode = counter.encode
+
+    def encode_while_a_file_arrives(texts: Any, *args: Any, **kwargs: Any) -> Any:
+        (folder / "arrived.txt").write_text("written meanwhile")
+        return real_encode(texts, *args, **kwargs)
+
+    counter.encode = encode_while_a_file_arrives  # type: ignore[method-assign]
+    with pytest.raises(NotAnIndexError, match="is not an rqa index"):
+        retriever.build(make_documents(), folder)
+    assert snapshot(folder) == {"arrived.txt": b"written meanwhile"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
+
+
+# ---------------------------------------------------------------- the embedding model, by content
+
+
+@pytest.fixture
+def digest_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """rqa's cache (where file digests are remembered) in this test's own folder."""
+    cache = tmp_path / "rqa-cache"
+    monkeypatch.setenv("RQA_CACHE_DIR", str(cache))
+    return cache
+
+
+@pytest.fixture
+def local_embedder(tmp_path: Path, digest_cache: Path) -> Path:
+    """A copy of the embedded all-MiniLM-L6-v2 folder, ours to retrain."""
+    return Path(shutil.copytree(resolve_embedder(DEFAULT_EMBEDDER), tmp_path / "embedder"))
+
+
+def retrain_in_place(model_dir: Path) -> None:
+    """New weights in model.safetensors: same size and same modification time, only the content differs."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    weights = model_dir / "model.safetensors"
+    before = weights.stat()
+    with safe_open(str(weights), "pt") as opened:
+        metadata = opened.metadata()
+        tensors = {name: opened.get_tensor(name) for name in opened.keys()}  # noqa: SIM118
+    name = next(n for n in sorted(tensors) if n.endswith("weight") and tensors[n].dim() == 2)
+    tensors[name] = tensors[name] + 0.01
+    save_file(tensors, str(weights), metadata=metadata)
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert weights.stat().st_size == before.st_size and weights.stat().st_mtime_ns == before.st_mtime_ns
+
+
+def test_retrained_weights_at_the_same_path_are_never_reused(
+    tmp_path: Path, local_embedder: Path, digest_cache: Path, make_retriever: MakeRetriever
+) -> None:
+    database = write_database(tmp_path / "documents.jsonl")
+    index_dir = tmp_path / "index"
+    embedder = ("--embedding_model", str(local_embedder))
+    code, said = run_rqa_index(database, index_dir, *embedder, cache=digest_cache)
+    assert code == 0 and "built (5 documents)" in said, said
+    fingerprint = read_manifest(index_dir)["embedding_model_fingerprint"]
+    assert fingerprint.startswith("sha256:")
+    code, said = run_rqa_index(database, index_dir, *embedder, "--check", cache=digest_cache)
+    assert code == 0 and "reused (5 documents)" in said, said
+
+    retrain_in_place(local_embedder)
+    code, said = run_rqa_index(database, index_dir, *embedder, "--check", cache=digest_cache)
+    assert code == 1, said
+    assert "cannot be reused: it was built for a different embedding_model_fingerprint" in said
+    assert read_manifest(index_dir)["embedding_model_fingerprint"] == fingerprint  # --check never builds
+
+    documents = read_documents_of(database)
+    retriever, counter = make_retriever(str(local_embedder))
+    assert retriever.build(documents, index_dir) is True
+    assert len(counter.calls) == 1
+    assert read_manifest(index_dir)["embedding_model_fingerprint"] not in (fingerprint, None)
+    again, again_counter = make_retriever(str(local_embedder))
+    assert again.build(documents, index_dir) is False and again_counter.calls == []
+
+
+def read_documents_of(path: Path) -> list[Document]:
+    from rqa.schema import read_documents
+
+    return read_documents(path)
+
+
+def test_a_copy_of_the_model_has_the_same_fingerprint(tmp_path: Path, local_embedder: Path) -> None:
+    original = model_fingerprint(resolve_embedder(DEFAULT_EMBEDDER))
+    assert model_fingerprint(str(local_embedder)) == original
+    # what sentence-transformers never reads does not count: other folders, hidden files
+    (local_embedder / "checkpoint-10").mkdir()
+    (local_embedder / "checkpoint-10" / "optimizer.pt").write_bytes(b"state")
+    (local_embedder / ".cache").mkdir()
+    (local_embedder / ".cache" / "download.lock").write_text("")
+    assert model_fingerprint(str(local_embedder)) == original
+    # a module's configuration and the tokenizer do
+    pooling = local_embedder / "1_Pooling" / "config.json"
+    pooling.write_text(
+        pooling.read_text().replace('"pooling_mode_mean_tokens": true', '"pooling_mode_mean_tokens": false')
+    )
+    changed = model_fingerprint(str(local_embedder))
+    assert changed != original
+    (local_embedder / "vocab.txt").write_text((local_embedder / "vocab.txt").read_text() + "newword\n")
+    assert model_fingerprint(str(local_embedder)) not in (original, changed)
+
+
+def small_model(folder: Path, weights: bytes) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text('{"hidden_size": 4}')
+    (folder / "model.safetensors").write_bytes(weights)
+    return folder
+
+
+def test_file_digests_are_remembered_and_a_rewrite_in_place_is_seen(
+    tmp_path: Path, digest_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rqa.fingerprint
+
+    monkeypatch.setattr(rqa.fingerprint, "_SMALL_FILE", 100)  # remember even these few bytes
+    monkeypatch.setattr(rqa.fingerprint, "_RACY_SECONDS", -1.0)  # and files written a moment ago
+    model = small_model(tmp_path / "model", b"A" * 1000)
+    first = model_fingerprint(str(model))
+    memory = json.loads((digest_cache / "file-digests.json").read_text())
+    weights_key = str((model / "model.safetensors").resolve())
+    assert set(memory) == {weights_key}  # config.json is under the threshold: hashed every time
+
+    memory[weights_key]["sha256"] = "0" * 64  # proves the remembered digest is what is used
+    (digest_cache / "file-digests.json").write_text(json.dumps(memory))
+    assert model_fingerprint(str(model)) != first
+
+    # rewritten in place, same size, modification time put back: the change time still tells
+    weights = model / "model.safetensors"
+    before = weights.stat()
+    time.sleep(0.05)
+    weights.write_bytes(b"A" * 1000)
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert model_fingerprint(str(model)) == first
+
+
+def test_a_file_just_written_is_not_remembered(tmp_path: Path, digest_cache: Path, monkeypatch) -> None:
+    import rqa.fingerprint
+
+    monkeypatch.setattr(rqa.fingerprint, "_SMALL_FILE", 100)
+    model = small_model(tmp_path / "model", b"B" * 1000)
+    model_fingerprint(str(model))
+    assert not (digest_cache / "file-digests.json").exists()  # a write in the same time-stamp tick could hide
+
+
+def test_a_hub_model_is_identified_by_its_cached_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_retriever: MakeRetriever
+) -> None:
+    hub_cache = tmp_path / "hub"
+    monkeypatch.setenv("SENTENCE_TRANSFORMERS_HOME", str(hub_cache))
+    monkeypatch.chdir(tmp_path)
+    assert model_fingerprint("intfloat/e5-base-v2") == "hub:intfloat/e5-base-v2"  # never downloaded
+
+    def download(repo_id: str, commit: str) -> None:
+        repo = hub_cache / ("models--" + repo_id.replace("/", "--"))
+        (repo / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+
+    retriever, _ = make_retriever("intfloat/e5-base-v2")
+    expected = retriever.manifest(make_documents())
+    assert expected["embedding_model_fingerprint"] == "hub:intfloat/e5-base-v2"
+    download("intfloat/e5-base-v2", "a" * 40)  # as building does, by loading the model
+    settled = retriever.settle_manifest(expected)
+    assert settled["embedding_model_fingerprint"] == f"hub:intfloat/e5-base-v2@{'a' * 40}"
+    assert retriever.settle_manifest(settled) == settled
+
+    download("intfloat/e5-base-v2", "b" * 40)  # the Hub moved on and the cache followed
+    assert retriever.manifest(make_documents())["embedding_model_fingerprint"].endswith("b" * 40)
+    # a bare name is a sentence-transformers model, as sentence-transformers resolves it
+    download("sentence-transformers/all-MiniLM-L6-v2", "c" * 40)
+    assert model_fingerprint("all-MiniLM-L6-v2") == f"hub:sentence-transformers/all-MiniLM-L6-v2@{'c' * 40}"
+
+
+def test_a_model_changed_between_reuse_and_first_query_is_reported(
+    tmp_path: Path, local_embedder: Path, make_retriever: MakeRetriever, caplog: pytest.LogCaptureFixture
+) -> None:
+    index_dir = tmp_path / "index"
+    make_retriever(str(local_embedder))[0].build(make_documents(), index_dir)
+    reused = DenseFaissRetriever("dense-faiss", str(local_embedder), device="cpu")
+    assert reused.build(make_documents(), index_dir) is False
+    retrain_in_place(local_embedder)
+    with caplog.at_level("WARNING", logger="rqa"):
+        reused.retrieve(["Which is the biggest planet?"], 1)
+    assert "changed after its index was checked" in caplog.text

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from rqa.indexing import NotAnIndexError
 from rqa.plugins import load_plugins
 from rqa.retrieval import IndexMismatchError
 from rqa.schema import Document, read_documents, read_examples
@@ -102,6 +103,26 @@ def test_corrupt_index_is_rebuilt(tmp_path: Path) -> None:
         make_retriever().build(DOCUMENTS, index_dir, rebuild="never")
     assert make_retriever().build(DOCUMENTS, index_dir) is True
     assert make_retriever().build(DOCUMENTS, index_dir) is False
+
+
+def test_a_folder_that_is_not_an_index_is_left_alone(tmp_path: Path) -> None:
+    """rqa's index rules hold for plugins too: another's folder is refused, another retriever's index replaced."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    for rebuild in ("auto", "always", "never"):
+        with pytest.raises(NotAnIndexError, match="is not an rqa index"):
+            make_retriever().build(DOCUMENTS, folder, rebuild=rebuild)
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    assert (folder / "notes.txt").read_text() == "mine"
+
+    dense = tmp_path / "dense"
+    dense.mkdir()
+    (dense / "manifest.json").write_text(json.dumps({"retriever": "dense-faiss", "num_documents": 3}))
+    (dense / "index.faiss").write_bytes(b"vectors")
+    assert make_retriever().build(DOCUMENTS, dense) is True
+    assert json.loads((dense / "manifest.json").read_text())["retriever"] == "bm25"
+    assert not (dense / "index.faiss").exists()
 
 
 @pytest.mark.skipif(not (DATA / "documents.pkl").exists(), reason="shared faire data not present")
