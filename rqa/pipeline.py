@@ -42,8 +42,8 @@ def choose(
     name, options = parse_component_spec(spec, list(option_pairs))
     component = get_plugins()[kind].get(name)
     merged = {**{k: v for k, v in defaults.items() if v is not None}, **options}
-    validate_options(component, merged, context=RUNTIME_CONTEXT)
-    choice = ComponentChoice(kind, name, merged)
+    typed = validate_options(component, merged, context=RUNTIME_CONTEXT)  # rqa_args.json keeps 0.1, not "0.1"
+    choice = ComponentChoice(kind, name, typed)
     if probe is not None:
         choice.build(**probe)
     return choice

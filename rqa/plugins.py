@@ -2,11 +2,13 @@
 
 rqa's own built-ins are entry points of the ``rqa`` distribution, so they travel the same path as
 third-party plugins. A plugin that fails to import, or raises in its hook, is kept with its error (shown by
-``rqa list-plugins``) and registers nothing; the others still work.
+``rqa list-plugins``) and registers nothing; the others still work. Because a name it would have registered
+then reads as unknown, commands warn about it once (``get_plugins``) and unknown-name errors name it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import traceback
 from collections.abc import Callable
@@ -24,6 +26,9 @@ from rqa.registry import KINDS, Component, Registry, describe
 ENTRY_POINT_GROUP = "rqa"
 BUILTIN_PACKAGE = "rqa"
 ENV_ALLOWLIST = "RQA_LOAD_PLUGINS"
+SUMMARY_CHARS = 200  # a one-line error longer than this is cut: the full one is in ``rqa list-plugins``
+
+log = logging.getLogger("rqa")
 
 
 @dataclass
@@ -35,10 +40,16 @@ class PluginInfo:
     version: str | None
     ok: bool = True
     error: str | None = None
+    summary: str | None = None  # the error in one line, for warnings and unknown-name errors
 
     @property
     def builtin(self) -> bool:
         return self.package == BUILTIN_PACKAGE
+
+    @property
+    def provider(self) -> str:
+        package = f"{self.package}=={self.version}" if self.package else "unknown package"
+        return f"plugin '{self.name}' ({package})"
 
 
 @dataclass
@@ -54,6 +65,12 @@ class PluginSet:
     @property
     def failed(self) -> list[PluginInfo]:
         return [p for p in self.plugins if not p.ok]
+
+    def mark_failed(self, info: PluginInfo, error: BaseException) -> None:
+        """Keep ``info``'s error, and tell every registry: an unknown name may have been this plugin's."""
+        info.ok, info.error, info.summary = False, _format_error(error), _one_line(error)
+        for registry in self.registries.values():
+            registry.load_failures.append(f"{info.provider}: {info.summary}")
 
 
 def _allowed(entry_point: EntryPoint) -> bool:
@@ -75,6 +92,14 @@ def _format_error(error: BaseException) -> str:
     if isinstance(error, RqaError):
         return str(error)
     return "".join(traceback.format_exception(type(error), error, error.__traceback__)).rstrip()
+
+
+def _one_line(error: BaseException) -> str:
+    """The exception's type and message on one line, as the last line of its traceback shows them."""
+    message = " ".join(str(error).split())
+    if not isinstance(error, RqaError):
+        message = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    return message if len(message) <= SUMMARY_CHARS else message[: SUMMARY_CHARS - 1] + "…"
 
 
 def _make_plugin_manager() -> pluggy.PluginManager:
@@ -135,7 +160,7 @@ def load_plugins() -> PluginSet:
             module = entry_point.load()
             staged = _run_hooks(module, info, plugin_set)
         except (Exception, SystemExit) as error:  # a broken plugin must never take the CLI down
-            info.ok, info.error = False, _format_error(error)
+            plugin_set.mark_failed(info, error)
             continue
         for component in staged:
             plugin_set[component.kind].add(component)
@@ -144,8 +169,21 @@ def load_plugins() -> PluginSet:
 
 @lru_cache(maxsize=1)
 def get_plugins() -> PluginSet:
-    """The process-wide plugin set, loaded on first use."""
-    return load_plugins()
+    """The process-wide plugin set, loaded on first use.
+
+    Each plugin that failed to load is warned about here, once: every command that picks components by name
+    (``train``, ``evaluate``, ``render``, ``index``, ``ask``, ``chat``) comes through, and a broken plugin is otherwise
+    only visible as a name that has gone missing.
+    """
+    plugin_set = load_plugins()
+    warn_about_failed_plugins(plugin_set)
+    return plugin_set
+
+
+def warn_about_failed_plugins(plugin_set: PluginSet) -> None:
+    """One warning line per plugin that failed to load: who it is, its error in one line, where to look."""
+    for plugin in plugin_set.failed:
+        log.warning("%s failed to load: %s; see rqa list-plugins", plugin.provider, plugin.summary)
 
 
 def registry(kind: str) -> Registry:

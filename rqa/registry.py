@@ -60,6 +60,9 @@ class Registry:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._components: dict[str, Component] = {}
+        # one line per plugin that failed to load ("plugin 'x' (pkg==1.0): Error: message"): a plugin that
+        # failed registered nothing, so a name the user expects from it reads as unknown here
+        self.load_failures: list[str] = []
 
     def __contains__(self, name: object) -> bool:
         return name in self._components
@@ -110,7 +113,15 @@ class Registry:
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
         if close:
             message += f" Did you mean '{close[0]}'?"
-        return message + f" Available: {', '.join(names) if names else '(none installed)'}"
+        message += f" Available: {', '.join(names) if names else '(none installed)'}"
+        if self.load_failures:
+            which = "a plugin" if len(self.load_failures) == 1 else "one of the plugins"
+            errors = "error" if len(self.load_failures) == 1 else "errors"
+            message += (
+                f". It may come from {which} that failed to load: {'; '.join(self.load_failures)} "
+                f"(rqa list-plugins shows the full {errors})"
+            )
+        return message
 
     def create(self, name: str, options: Mapping[str, Any] | None = None, **context: Any) -> Any:
         """Build component ``name`` from user ``options`` plus runtime ``context`` it asks for by name."""
@@ -154,9 +165,11 @@ def _option_parameters(component: Component, context: set[str]) -> dict[str, ins
 def validate_options(
     component: Component, options: Mapping[str, Any], context: set[str] | frozenset[str] = frozenset()
 ) -> dict[str, Any]:
-    """Check ``options`` against the factory's signature, converting strings to the annotated types.
+    """Check ``options`` against the factory's signature; return them converted to the annotated types.
 
-    Every problem is reported at once, before anything heavy is built.
+    Every problem is reported at once, before anything heavy is built. Callers keep the returned values, not
+    the command-line strings, so what a run records (``rqa_args.json``) holds numbers and booleans as such;
+    converting a converted value again changes nothing.
     """
     accepted = _option_parameters(component, set(context))
     hints = _annotations(component.factory)

@@ -137,6 +137,67 @@ def test_retrieval_averages_over_rows() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "retrieved",
+    [
+        ["g", "g", "x", "y"],  # the gold document returned twice at the top
+        ["g", "g", "g", "g"],
+        ["x", "g", "g", "y"],
+    ],
+)
+def test_retrieval_ndcg_stays_within_one_when_a_gold_document_repeats(retrieved: list[str]) -> None:
+    scores = compute(metrics.retrieval(top_k=4), [retrieval_row(["g"], retrieved)])
+    assert 0.0 <= scores["retr/ndcg@4"] <= 1.0
+    assert 0.0 <= scores["retr/accuracy"] <= 1.0
+
+
+def test_retrieval_ranks_the_distinct_documents() -> None:
+    # distinct: g (1), x (2), y (3); a repeat is one document, at its first rank
+    scores = compute(metrics.retrieval(top_k=4), [retrieval_row(["g"], ["g", "g", "x", "y"])])
+    assert scores == approx(
+        {
+            "retr/recall@1": 1.0,
+            "retr/recall@4": 1.0,
+            "retr/accuracy": 1 / 3,  # one gold among three distinct documents, not two of four slots
+            "retr/ndcg@4": 1.0,
+            "retr/mrr": 1.0,
+        }
+    )
+    # a repeated non-gold document moves the gold one up: distinct x (1), g (2), y (3)
+    repeated_miss = compute(metrics.retrieval(top_k=2), [retrieval_row(["g"], ["x", "x", "g", "y"])])
+    assert repeated_miss == approx(
+        {
+            "retr/recall@1": 0.0,
+            "retr/recall@2": 1.0,
+            "retr/accuracy": 1 / 3,
+            "retr/ndcg@2": 1 / math.log2(3),
+            "retr/mrr": 0.5,
+        }
+    )
+
+
+def test_retrieval_two_gold_one_repeated_matches_the_list_without_repeats() -> None:
+    with_repeats = compute(metrics.retrieval(top_k=4), [retrieval_row(["g1", "g2"], ["g1", "g1", "g2", "x"])])
+    without = compute(metrics.retrieval(top_k=4), [retrieval_row(["g1", "g2"], ["g1", "g2", "x"])])
+    assert with_repeats == approx(without)
+    assert with_repeats["retr/ndcg@4"] == pytest.approx(1.0)
+
+
+def test_prediction_row_with_repeated_gold_passage() -> None:
+    row = prediction_row(
+        example(passages=(KETTLE,)),
+        [(document(KETTLE), 0.9), (document(KETTLE), 0.9), (document(FILTER), 0.5), (document(BASE), 0.4)],
+        "descale every four weeks",
+        0.010,
+        1.0,
+    )
+    assert row["diagnosis"]["retrieval_hit"] is True
+    assert len(row["retrieved_docs"]) == 4  # the row keeps what the retriever returned
+    scores = score_rows([row], metric_factories(["retrieval"], 4))
+    assert scores["retr/ndcg@4"] == pytest.approx(1.0)
+    assert scores["retr/accuracy"] == pytest.approx(1 / 3)
+
+
 def test_metrics_over_no_rows_are_empty() -> None:
     assert compute(metrics.retrieval(top_k=4), []) == {}
     assert compute(metrics.bleu(), []) == {"gen/bleu": 0.0}
@@ -262,6 +323,27 @@ def test_latency_means() -> None:
     assert compute(metrics.latency(), rows) == approx(
         {"latency/retrieval_ms": 20.0, "latency/generation_s": 1.5, "latency/e2e_s": 1.52}
     )
+
+
+def test_latency_description_says_what_the_keys_measure() -> None:
+    from rqa.plugins import load_plugins
+
+    description = load_plugins()["metrics"].get("latency").description  # what rqa list-plugins shows
+    for key in ("latency/retrieval_ms", "generation_s", "e2e_s"):
+        assert key in description
+    assert "retrieval of all questions ÷ count" in description
+    assert "batch ÷ its size" in description
+    assert "sum" in description
+
+
+def test_latency_is_shares_of_batched_work() -> None:
+    """retrieval_ms: the question set's retrieval ÷ questions; generation_s: the batch's time ÷ its size."""
+    retrieval_seconds_per_question, generation_seconds_per_question = 0.2 / 4, 3.0 / 2  # 4 questions; batch of 2
+    row = prediction_row(
+        example(), [(document(KETTLE), 1.0)], "x", retrieval_seconds_per_question, generation_seconds_per_question
+    )
+    scores = compute(metrics.latency(), [row])
+    assert scores == approx({"latency/retrieval_ms": 50.0, "latency/generation_s": 1.5, "latency/e2e_s": 1.55})
 
 
 # ---------------------------------------------------------------- score_rows over prediction rows

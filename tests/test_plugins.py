@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 import rqa
+from rqa.errors import UnknownComponentError
 from rqa.plugins import PluginInfo, PluginSet, load_plugins
 from rqa.registry import KINDS
 
@@ -451,3 +453,149 @@ def test_allowlist_in_the_cli(make_plugin, run_rqa):
     assert "fake-fmt" not in {c["name"] for c in without["components"]}
     assert {p["name"] for p in with_fake["plugins"] if p["package"] != "rqa"} == {"fake"}
     assert "fake-fmt" in {c["name"] for c in with_fake["components"]}
+
+
+# --- a failed plugin is named where a name goes missing ---------------------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "example"
+MISSING_DEPENDENCY_SOURCE = """
+    import rqa_missing_dependency_for_tests  # not installed: the plugin fails at import
+    from rqa.hookspecs import hookimpl
+
+
+    @hookimpl
+    def register_losses(register):
+        register("fancy-ce", rqa_missing_dependency_for_tests.FancyCE)
+"""
+MISSING_DEPENDENCY_ERROR = "ModuleNotFoundError: No module named 'rqa_missing_dependency_for_tests'"
+BROKEN_LOSS = "plugin 'broken-loss' (rqa-fake-broken-loss==0.1)"
+BROKEN_IMPORT = "plugin 'broken-import' (rqa-fake-broken-import==0.1)"
+
+
+def warnings_of(plugin: str, output: str) -> int:
+    """How many warning lines ``output`` holds about ``plugin`` (rich may wrap a long line: spaces are joined)."""
+    return " ".join(output.split()).count(f"{plugin} failed to load:")
+
+
+def dry_run(run_rqa, tmp_path: Path, *flags: str):
+    return run_rqa(
+        "train",
+        "--train_file", str(EXAMPLE / "train_w_qa.jsonl"),
+        "--output_dir", str(tmp_path / "run"),
+        "--dry_run", "true",
+        *flags,
+    )  # fmt: skip
+
+
+def test_failed_plugin_keeps_a_one_line_error(make_plugin):
+    make_plugin("broken-loss", MISSING_DEPENDENCY_SOURCE)
+    make_plugin("broken-import", IMPORT_ERROR_SOURCE)
+
+    plugin_set = load_plugins()
+
+    broken = plugin(plugin_set, "broken-loss")
+    assert broken.summary == MISSING_DEPENDENCY_ERROR
+    assert broken.provider == BROKEN_LOSS
+    assert "Traceback" in broken.error  # the whole traceback stays for list-plugins
+    assert plugin(plugin_set, "broken-import").summary == "RuntimeError: exploded while importing"
+    assert plugin(plugin_set, "rqa-losses").summary is None
+
+
+def test_unknown_name_names_every_plugin_that_failed_to_load(make_plugin):
+    make_plugin("broken-loss", MISSING_DEPENDENCY_SOURCE)
+    make_plugin("broken-import", IMPORT_ERROR_SOURCE)
+
+    with pytest.raises(UnknownComponentError) as caught:
+        load_plugins()["losses"].get("fancy-ce")
+
+    message = str(caught.value)
+    assert message.startswith("unknown loss 'fancy-ce'.")
+    assert "Available: answer-ce," in message
+    assert "It may come from one of the plugins that failed to load:" in message
+    assert f"{BROKEN_LOSS}: {MISSING_DEPENDENCY_ERROR}" in message
+    assert f"{BROKEN_IMPORT}: RuntimeError: exploded while importing" in message
+    assert "rqa list-plugins shows the full errors" in message
+    assert "\n" not in message and "Traceback" not in message
+
+
+def test_unknown_name_says_nothing_of_plugins_when_all_loaded(make_plugin):
+    make_plugin("fake", GOOD_SOURCE, package="rqa-fake-plugin")
+
+    with pytest.raises(UnknownComponentError) as caught:
+        load_plugins()["losses"].get("fancy-ce")
+
+    assert "failed to load" not in str(caught.value)
+
+
+def test_train_with_a_name_from_a_broken_plugin_names_the_plugin(make_plugin, run_rqa, tmp_path):
+    make_plugin("broken-loss", MISSING_DEPENDENCY_SOURCE)
+
+    result = dry_run(run_rqa, tmp_path, "--loss", "fancy-ce")
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    error = " ".join(result.stderr.split())
+    assert "unknown loss 'fancy-ce'" in error
+    assert f"It may come from a plugin that failed to load: {BROKEN_LOSS}: {MISSING_DEPENDENCY_ERROR}" in error
+    assert "rqa list-plugins shows the full error" in error
+    assert "Traceback" not in result.stderr
+    assert warnings_of(BROKEN_LOSS, result.stdout) == 1
+
+
+def test_train_dry_run_warns_once_per_failed_plugin(make_plugin, run_rqa, tmp_path):
+    make_plugin("broken-loss", MISSING_DEPENDENCY_SOURCE)
+    make_plugin("broken-import", IMPORT_ERROR_SOURCE)
+    make_plugin("fake", GOOD_SOURCE, package="rqa-fake-plugin")
+
+    result = dry_run(run_rqa, tmp_path, "--loss", "label-smoothed-ce:smoothing=0.1")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    output = " ".join(result.stdout.split())
+    assert "configuration OK" in output
+    assert f"{BROKEN_LOSS} failed to load: {MISSING_DEPENDENCY_ERROR}; see rqa list-plugins" in output
+    assert f"{BROKEN_IMPORT} failed to load: RuntimeError: exploded while importing; see rqa list-plugins" in output
+    assert warnings_of(BROKEN_LOSS, result.stdout) == 1
+    assert warnings_of(BROKEN_IMPORT, result.stdout) == 1
+    assert "plugin 'fake'" not in output
+
+
+def test_render_warns_once_per_failed_plugin(make_plugin, run_rqa):
+    make_plugin("broken-loss", MISSING_DEPENDENCY_SOURCE)
+    make_plugin("broken-import", IMPORT_ERROR_SOURCE)
+
+    result = run_rqa("render", "--train_file", str(EXAMPLE / "train_w_qa.jsonl"), "--formatter", "chatml")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "tokens per part" in result.stdout
+    output = " ".join(result.stdout.split())
+    assert f"{BROKEN_LOSS} failed to load: {MISSING_DEPENDENCY_ERROR}; see rqa list-plugins" in output
+    assert warnings_of(BROKEN_LOSS, result.stdout) == 1
+    assert warnings_of(BROKEN_IMPORT, result.stdout) == 1
+
+
+def test_evaluate_warns_and_names_the_plugin_for_an_unknown_retriever(make_plugin, run_rqa, tmp_path):
+    make_plugin("broken-import", IMPORT_ERROR_SOURCE)
+
+    result = run_rqa(
+        "evaluate",
+        "--data", str(EXAMPLE / "eval_w_qa.jsonl"),
+        "--retriever", "fancy-retriever",
+        "--retrieval_only",
+        "--output_dir", str(tmp_path / "eval"),
+    )  # fmt: skip
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    error = " ".join(result.stderr.split())
+    assert "unknown retriever 'fancy-retriever'" in error
+    assert f"{BROKEN_IMPORT}: RuntimeError: exploded while importing" in error
+    assert warnings_of(BROKEN_IMPORT, result.stdout) == 1
+    assert not (tmp_path / "eval").exists()
+
+
+def test_list_plugins_shows_failures_without_the_extra_warning(make_plugin, run_rqa):
+    make_plugin("broken-import", IMPORT_ERROR_SOURCE)
+
+    result = run_rqa("list-plugins")
+
+    assert result.returncode == 0, result.stderr
+    assert f"{BROKEN_IMPORT} failed to load:" in result.stdout
+    assert "see rqa list-plugins" not in result.stdout + result.stderr

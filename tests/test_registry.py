@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,8 @@ from rqa.errors import (
 )
 from rqa.plugins import PluginSet, load_plugins
 from rqa.registry import Component, Registry, describe, parse_component_spec, validate_options
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "example"
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +113,20 @@ def test_unknown_name_in_an_empty_registry():
         Registry("metrics").get("f1")
 
 
+def test_unknown_name_points_at_plugins_that_failed_to_load():
+    registry = registry_of(typed)
+    registry.load_failures.append("plugin 'extra' (rqa-extra==2.0): ModuleNotFoundError: No module named 'x'")
+
+    with pytest.raises(UnknownComponentError) as caught:
+        registry.get("typd")
+
+    assert str(caught.value) == (
+        "unknown formatter 'typd'. Did you mean 'typed'? Available: typed. It may come from a plugin that failed "
+        "to load: plugin 'extra' (rqa-extra==2.0): ModuleNotFoundError: No module named 'x' "
+        "(rqa list-plugins shows the full error)"
+    )
+
+
 def test_create_with_an_unknown_name(builtins):
     with pytest.raises(UnknownComponentError, match="Did you mean 'answer-ce'"):
         builtins["losses"].create("answer_ce")
@@ -166,6 +183,45 @@ def test_validate_options_converts_without_building(builtins):
 
     assert validate_options(label_smoothed, {"smoothing": "0.2"}) == {"smoothing": 0.2}
     assert validate_options(label_smoothed, {}) == {}
+
+
+def test_validate_options_returns_every_option_typed_and_is_idempotent():
+    options = {"ratio": "0.5", "count": "3", "flag": "yes", "label": "7", "limit": "none", "ids": "1;2"}
+    typed_options = validate_options(component(typed), options)
+
+    assert typed_options == {"ratio": 0.5, "count": 3, "flag": True, "label": "7", "limit": None, "ids": [1, 2]}
+    assert type(typed_options["ratio"]) is float and type(typed_options["count"]) is int
+    assert validate_options(component(typed), typed_options) == typed_options
+
+
+@pytest.mark.parametrize(
+    ("spec", "pairs"),
+    [("label-smoothed-ce:smoothing=0.1", ()), ("label-smoothed-ce", ("smoothing=0.1",))],
+)
+def test_choose_keeps_the_converted_option_values(spec, pairs):
+    from rqa.pipeline import choose
+
+    choice = choose("losses", spec, pairs)
+
+    assert choice.options == {"smoothing": 0.1}
+    assert type(choice.options["smoothing"]) is float
+    assert choice.build().smoothing == 0.1
+
+
+def test_resolved_arguments_hold_option_values_as_json_numbers(tmp_path):
+    import json
+
+    from rqa.config import parse_train_args
+    from rqa.training import _resolved_args, plan_training
+
+    args = parse_train_args(
+        ["--train_file", str(EXAMPLE / "train_w_qa.jsonl"), "--output_dir", str(tmp_path / "run"),
+         "--loss", "label-smoothed-ce", "--loss_option", "smoothing=0.1"]
+    )  # fmt: skip
+    written = json.dumps(_resolved_args(args, plan_training(args), "model"))
+
+    assert '"resolved_loss": {"name": "label-smoothed-ce", "options": {"smoothing": 0.1}}' in written
+    assert json.loads(written)["resolved_loss"]["options"]["smoothing"] == 0.1
 
 
 def test_unknown_option_names_the_accepted_ones(builtins):

@@ -2,7 +2,9 @@
 
 A row holds ``question``, ``gold_answer``, ``generated_answer``, ``gold_docs`` and ``retrieved_docs``
 (documents as dicts), plus per-question latencies. A document counts as gold when its ``page_content``
-matches a gold document's exactly. ROUGE comes from ``rouge-score`` and BLEU from ``sacrebleu``.
+matches a gold document's exactly; by the same rule, a document a retriever returns twice is one document, so
+retrieval metrics rank the distinct retrieved documents. ROUGE comes from ``rouge-score`` and BLEU from
+``sacrebleu``.
 """
 
 from __future__ import annotations
@@ -45,10 +47,26 @@ def _mean(values: Iterable[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+def distinct_documents(documents: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``documents`` without repeats (same ``page_content``), first occurrence kept, order kept.
+
+    A gold document retrieved twice must count once: otherwise its repeats add gain to nDCG (which then
+    exceeds 1) and inflate accuracy.
+    """
+    seen: set[str] = set()
+    distinct = []
+    for document in documents:
+        if document["page_content"] not in seen:
+            seen.add(document["page_content"])
+            distinct.append(document)
+    return distinct
+
+
 def gold_ranks(row: Row) -> list[int]:
-    """1-based ranks of the retrieved documents that are gold."""
+    """1-based ranks, among the distinct retrieved documents, of those that are gold."""
     gold = {d["page_content"] for d in row.get("gold_docs", [])}
-    return [i for i, d in enumerate(row.get("retrieved_docs", []), start=1) if d["page_content"] in gold]
+    retrieved = distinct_documents(row.get("retrieved_docs", []))
+    return [i for i, d in enumerate(retrieved, start=1) if d["page_content"] in gold]
 
 
 class Metric:
@@ -70,15 +88,20 @@ class Metric:
 
 
 class RetrievalMetric(Metric):
+    """Scores the distinct retrieved documents (repeats dropped, the first rank kept): each gold document counts
+    once, so nDCG stays within 0-1, and ranks, recall and mrr are those of the list without repeats. Accuracy is
+    the share of the distinct retrieved documents that are gold: retrieving [g, g, x, y] scores 1/3, not 2/4.
+    """
+
     def __init__(self, k: int = 4) -> None:
         super().__init__()
         self.k = k
 
     def per_row(self, row: Row) -> dict[str, float]:
         gold = {d["page_content"] for d in row.get("gold_docs", [])}
-        retrieved = row.get("retrieved_docs", [])
+        retrieved = distinct_documents(row.get("retrieved_docs", []))
         ranks = gold_ranks(row)
-        found_at = {retrieved[r - 1]["page_content"]: r for r in reversed(ranks)}
+        found_at = {retrieved[r - 1]["page_content"]: r for r in ranks}
 
         def recall_at(k: int) -> float:
             return float(bool(gold) and all(found_at.get(g, math.inf) <= k for g in gold))
@@ -144,6 +167,15 @@ class AnswerLengthMetric(Metric):
 
 
 class LatencyMetric(Metric):
+    """Means of the per-question latencies each prediction row carries (``rqa.evaluation.prediction_row``).
+
+    Questions are not timed one by one: retrieval runs once over the whole question set (once per evaluation
+    set, so every evaluation step of a training run reports that first measurement) and generation runs in
+    batches, so a row's ``retrieval_ms`` is that retrieval's time ÷ the number of questions, in milliseconds;
+    its ``generation_s`` is its batch's generation time ÷ the batch's size, in seconds; its ``e2e_s`` is the
+    sum of the two, in seconds (generation is 0 with ``--retrieval_only``).
+    """
+
     KEYS = ("retrieval_ms", "generation_s", "e2e_s")
 
     def per_row(self, row: Row) -> dict[str, float]:
@@ -152,7 +184,7 @@ class LatencyMetric(Metric):
 
 
 def retrieval(top_k: int = 4) -> Metric:
-    """retr/recall@1, recall@K, accuracy, ndcg@K, mrr (K = --top_k)."""
+    """retr/recall@1, recall@K, accuracy, ndcg@K, mrr (K = --top_k), a document retrieved twice counted once."""
     return RetrievalMetric(k=top_k)
 
 
@@ -182,7 +214,10 @@ def answer_length() -> Metric:
 
 
 def latency() -> Metric:
-    """latency/retrieval_ms, generation_s, e2e_s per question."""
+    """latency/retrieval_ms: retrieval of all questions ÷ count; generation_s: batch ÷ its size; e2e_s: the sum.
+
+    Per-question shares of batched work, not single-question timings; see ``LatencyMetric``.
+    """
     return LatencyMetric()
 
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
 from rqa.cli.options import option
 from rqa.registry import KINDS
+
+if TYPE_CHECKING:
+    from rqa.plugins import PluginInfo
 
 
 @click.command("list-plugins")
@@ -16,9 +20,9 @@ from rqa.registry import KINDS
 @option("--strict", is_flag=True, help="Exit with status 1 if any plugin failed to load.")
 def list_plugins(kind: str | None, as_json: bool, strict: bool) -> None:
     """List every registered component by kind, with the plugin and package that provides it."""
-    from rqa.plugins import get_plugins
+    from rqa.plugins import load_plugins
 
-    plugin_set = get_plugins()
+    plugin_set = load_plugins()  # not get_plugins: its one-line warnings would repeat what is listed here
     kinds = [kind] if kind else list(KINDS)
     components = [
         {
@@ -44,7 +48,7 @@ def list_plugins(kind: str | None, as_json: bool, strict: bool) -> None:
         raise click.exceptions.Exit(1)
 
 
-def _print_tables(kinds: list[str], components: list[dict], failed: list) -> None:
+def _print_tables(kinds: list[str], components: list[dict], failed: list[PluginInfo]) -> None:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -60,6 +64,5 @@ def _print_tables(kinds: list[str], components: list[dict], failed: list) -> Non
         console.print(table)
         console.print()
     for plugin in failed:
-        package = f"{plugin.package}=={plugin.version}" if plugin.package else "unknown package"
-        console.print(Text(f"plugin '{plugin.name}' ({package}) failed to load:", style="bold red"))
+        console.print(Text(f"{plugin.provider} failed to load:", style="bold red"))
         console.print(plugin.error, markup=False, highlight=False)
