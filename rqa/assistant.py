@@ -7,13 +7,13 @@ latest question, build an ``Example`` (history included), take ``ExampleEncoder.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rqa.errors import RqaError
+from rqa.runs import SavedRun, component, read_run, setting
 from rqa.schema import Document, Example, Turn
 
 Hit = tuple[Document, float]
@@ -38,18 +38,6 @@ class AssistantSettings:
     max_seq_length: int = 2048
 
 
-def saved_run_args(model: str | None) -> dict[str, Any]:
-    """``rqa_args.json`` of a training run's output directory (empty for any other model)."""
-    path = Path(model) / "rqa_args.json" if model else None
-    if path is None or not path.is_file():
-        return {}
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise RqaError(f"{path}: cannot be read as JSON ({error})") from None
-    return saved if isinstance(saved, dict) else {}
-
-
 def resolve_settings(
     model: str | None,
     documents: str | None = None,
@@ -64,32 +52,31 @@ def resolve_settings(
     max_seq_length: int | None = None,
 ) -> AssistantSettings:
     """Options given win; a training run's choices fill the rest; then rqa's defaults."""
-    saved = saved_run_args(model)
-    where = f"{Path(model or '') / 'rqa_args.json'}"
-    documents = documents or saved.get("full_dataset_file_path")
+    run = read_run(model)
+    saved = run or SavedRun(Path(model or "."))  # nothing recorded: every setting falls to the default
+    documents = documents or saved.database()
     if not documents:
         raise RqaError("no document database: pass --documents (JSONL or LocalRQA .pkl)")
     if not Path(documents).exists():
-        origin = "" if documents != saved.get("full_dataset_file_path") else f" (full_dataset_file_path in {where})"
-        raise RqaError(f"{documents}{origin} does not exist; pass --documents")
-    if index is None and saved:
-        index = saved.get("full_dataset_index_path") or str(Path(model or "") / "index")
-    saved_formatter = saved.get("resolved_formatter") or {}
-    saved_retriever = saved.get("resolved_retriever") or {}
+        raise RqaError(f"{documents} does not exist; pass --documents")
+    if index is None and run is not None:
+        index = run.index_for(documents)
+    formatter, saved_formatter_options = component(formatter, saved.formatter, "auto")
+    retriever, saved_retriever_options = component(retriever, saved.retriever, "dense-faiss")
     return AssistantSettings(
         model=model,
         documents=documents,
         index=index,
-        formatter=formatter or saved_formatter.get("name") or "auto",
-        formatter_options={} if formatter else dict(saved_formatter.get("options") or {}),
+        formatter=formatter,
+        formatter_options=saved_formatter_options,
         formatter_option_pairs=tuple(formatter_options),
-        retriever=retriever or saved_retriever.get("name") or "dense-faiss",
-        retriever_options={} if retriever else dict(saved_retriever.get("options") or {}),
+        retriever=retriever,
+        retriever_options=saved_retriever_options,
         retriever_option_pairs=tuple(retriever_options),
-        embedding_model=embedding_model or saved.get("eval_embedding_model"),
-        top_k=top_k or saved.get("top_k") or 4,
-        max_new_tokens=max_new_tokens or saved.get("max_new_tokens") or 128,
-        max_seq_length=max_seq_length or saved.get("max_seq_length") or 2048,
+        embedding_model=embedding_model or saved.embedding_model,
+        top_k=setting(top_k, saved.top_k, 4),
+        max_new_tokens=setting(max_new_tokens, saved.max_new_tokens, 128),
+        max_seq_length=setting(max_seq_length, saved.max_seq_length, 2048),
     )
 
 

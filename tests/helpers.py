@@ -16,26 +16,28 @@ def embedded_tokenizer() -> Any:
     return load_tokenizer(resolve_generator(None))
 
 
-def tiny_model(tokenizer: Any, seed: int = 0) -> Any:
-    """A randomly initialised two-layer Llama with the tokenizer's vocabulary."""
+def tiny_model(tokenizer: Any, seed: int = 0, family: str = "llama", **overrides: Any) -> Any:
+    """A randomly initialised two-layer causal LM (Llama unless ``family`` names another) with the tokenizer's
+    vocabulary; ``overrides`` go to its config."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import CONFIG_MAPPING, AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
-    return LlamaForCausalLM(config)
+    settings = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+        "tie_word_embeddings": True,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        **overrides,
+    }
+    return AutoModelForCausalLM.from_config(CONFIG_MAPPING[family](**settings))
 
 
 def document(text: str, title: str = "Kettle care") -> Document:

@@ -16,7 +16,10 @@ def _assistant_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         option("--model", help="Trained output directory (its settings are the defaults), model path or Hub id."),
         option("--documents", help="Document database (JSONL or LocalRQA .pkl). Default: the training run's."),
-        option("--index", help="Index directory (built on first use, reused when it matches)."),
+        option(
+            "--index",
+            help="Index directory (built on first use, reused when it matches). Default: the run's, for its database.",
+        ),
         option("--top_k", type=int, help="Passages retrieved per question (default: the run's, else 4)."),
         option("--max_new_tokens", type=int, help="Longest answer, in tokens (default: the run's, else 128)."),
         option("--max_seq_length", type=int, help="Longest prompt, in tokens (default: the run's, else 2048)."),
