@@ -3,6 +3,14 @@
 Used by ``rqa evaluate`` and, at every evaluation step, by ``rqa train``. Retrieval does not change while the
 generator trains, so it runs once per evaluator. Generation (``rqa.generation``) is batched over prompts of similar
 length, greedy by default, and stops when every row has ended its turn.
+
+Under several processes each rank answers its share of the questions and every rank sees every row. The ranks run
+in lockstep (``rqa.generation.lockstep_batches``): as many batches, rows, forward and ``generate`` calls on each,
+because under FSDP or DeepSpeed ZeRO-3 every forward gathers weights from all ranks, and a rank making one call
+fewer would leave the others waiting forever.
+
+A ``StopFlag`` (SIGTERM while training: ``rqa.signals``) abandons an evaluation between retrieval chunks, prompts,
+decode segments and batches: it raises ``StopRequested`` and writes nothing.
 """
 
 from __future__ import annotations
@@ -12,16 +20,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rqa.builtin.metrics import gold_ranks, token_prf
 from rqa.data import ExampleEncoder
 from rqa.files import write_json_atomic, write_jsonl_atomic
-from rqa.generation import generate_answers
+from rqa.generation import generate_answers, lockstep_batches, padding_allowed
 from rqa.schema import Document, Example
+
+if TYPE_CHECKING:
+    from rqa.signals import StopFlag
 
 log = logging.getLogger("rqa")
 GROUNDED_F1 = 0.5  # an answer whose best token F1 against a retrieved passage reaches this is "grounded"
+RETRIEVAL_CHUNK = 128  # questions retrieved at a time when a stop may abandon the evaluation
 
 
 @dataclass
@@ -45,23 +57,38 @@ class E2EEvaluator:
     progress: Callable[[str, int], Any] | None = None
     _retrieved: Retrieved | None = field(default=None, init=False)
 
-    def retrieve(self) -> Retrieved:
+    def retrieve(self, stop: StopFlag | None = None, synced: bool = False, device: Any = None) -> Retrieved:
+        """Every question's passages, once per evaluator; with ``stop``, in chunks that a stop abandons."""
         if self._retrieved is None:
             start = time.perf_counter()
+            questions = [e.question for e in self.examples]
             if self.retriever is None:
                 hits = [[(d, 1.0) for d in e.gold_docs] for e in self.examples]
+            elif stop is None:
+                hits = self.retriever.retrieve(questions, self.top_k)
             else:
-                hits = self.retriever.retrieve([e.question for e in self.examples], self.top_k)
+                hits = []
+                for begin in range(0, len(questions), RETRIEVAL_CHUNK):
+                    stop.check(synced, device)
+                    hits += self.retriever.retrieve(questions[begin : begin + RETRIEVAL_CHUNK], self.top_k)
             elapsed = time.perf_counter() - start
             self._retrieved = Retrieved(hits, elapsed / max(len(self.examples), 1))
         return self._retrieved
 
-    def generate(self, model: Any, prompts: Sequence[list[int]]) -> tuple[list[str], list[float]]:
-        """Greedy answers for token-id prompts, and the seconds spent per question."""
+    def generate(
+        self,
+        model: Any,
+        prompts: Sequence[list[int]],
+        batches: list[list[int]] | None = None,
+        synced: bool = False,
+        stop: StopFlag | None = None,
+    ) -> tuple[list[str], list[float]]:
+        """Greedy answers for token-id prompts, and the seconds spent per question (see ``generate_answers``)."""
         from rich.progress import Progress
 
+        total = len(prompts) if batches is None else sum(len(batch) for batch in batches)
         with Progress(transient=True) as progress:
-            task = progress.add_task("generating answers", total=len(prompts))
+            task = progress.add_task("generating answers", total=total)
             return generate_answers(
                 model,
                 self.encoder.tokenizer,
@@ -70,24 +97,45 @@ class E2EEvaluator:
                 max_new_tokens=self.max_new_tokens,
                 batch_size=self.batch_size,
                 progress=lambda done: progress.advance(task, done),
+                batches=batches,
+                synced=synced,
+                stop=stop,
             )
 
-    def evaluate_model(self, model: Any, name: str = "final", is_main: bool = True) -> dict[str, float]:
-        """Score ``model``; under several processes each rank answers its share and all see every row."""
-        retrieved = self.retrieve()
+    def evaluate_model(
+        self, model: Any, name: str = "final", is_main: bool = True, stop: StopFlag | None = None
+    ) -> dict[str, float]:
+        """Score ``model``; under several processes each rank answers its share, in lockstep, and all see every row.
+
+        A stop asked for through ``stop`` raises ``StopRequested`` before anything is written.
+        """
         rank, world = distributed_rank_and_size()
-        mine = list(range(rank, len(self.examples), world))
-        prompts = [self.encoder.prompt_ids(self.examples[i], [doc for doc, _ in retrieved.passages[i]]) for i in mine]
-        answers, generation_seconds = self.generate(model, prompts)
+        synced = world > 1
+        device = next(model.parameters()).device
+        retrieved = self.retrieve(stop, synced, device)
+        if is_main:
+            log.info("%s: generating answers to %d questions", f"evaluation {name}".strip(), len(self.examples))
+        # every prompt on every rank: the lockstep batches are planned from all their lengths
+        prompts = [self.prompt(i, retrieved) for i in range(len(self.examples))]
+        mine, batches = list(range(len(prompts))), None
+        if synced:
+            part = lockstep_batches([len(p) for p in prompts], self.batch_size, world, padding_allowed(model))[rank]
+            mine, batches = part.owned, part.batches
+        answers, seconds = self.generate(model, prompts, batches, synced, stop)
+        per_question = retrieved.seconds_per_question
         local_rows = [
-            (i, prediction_row(self.examples[i], retrieved.passages[i], answer, retrieved.seconds_per_question, sec))
-            for i, answer, sec in zip(mine, answers, generation_seconds, strict=True)
+            (i, prediction_row(self.examples[i], retrieved.passages[i], answers[i], per_question, seconds[i]))
+            for i in mine
         ]
         rows = [row for _, row in sorted(gather_from_ranks(local_rows, world), key=lambda pair: pair[0])]
         scores = score_rows(rows, self.metrics)
         if is_main and self.output_dir is not None:
             write_results(self.output_dir, name, rows, scores)
         return scores
+
+    def prompt(self, index: int, retrieved: Retrieved) -> list[int]:
+        """The token ids question ``index`` is answered from, its retrieved passages included."""
+        return self.encoder.prompt_ids(self.examples[index], [doc for doc, _ in retrieved.passages[index]])
 
 
 def distributed_rank_and_size() -> tuple[int, int]:

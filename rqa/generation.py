@@ -14,13 +14,25 @@ On a GPU, a left-padded batch goes through ``generate`` as it is. On a CPU two c
 positions taken from the attention mask as usual. Decoding runs in segments of ``DECODE_SEGMENT`` tokens; after
 each, rows whose answer has ended leave the batch (their cache rows are dropped), since every row of a batch
 reads its own cache at every step until the longest answer ends.
+
+Under several processes (``synced``) every rank makes the same forward and ``generate`` calls in the same order,
+which sharded weights (FSDP, DeepSpeed ZeRO-3) need: each forward gathers the weights from every rank.
+``lockstep_batches`` gives every rank as many batches of as many rows, a rank whose rows have all ended keeps
+decoding a one-token filler while the others decode, and ``generate`` runs with ``synced_gpus``.
+
+A ``StopFlag`` abandons the work (``StopRequested``) before every batch, prompt and decode segment, and a
+stopping criterion ends the current ``generate`` call at the next step.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rqa.signals import StopFlag
 
 DECODE_SEGMENT = 32  # new tokens per ``generate`` call before finished rows leave the batch (CPU path)
 
@@ -81,6 +93,62 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_padding: float =
     return batches
 
 
+@dataclass
+class RankBatches:
+    """One process's part of a generation that every process runs in lockstep."""
+
+    batches: list[list[int]]  # indices into the prompts; every rank has as many batches, each of as many rows
+    owned: list[int]  # the prompts whose answers this rank reports; its other rows are fillers
+
+
+def lockstep_batches(
+    lengths: Sequence[int], batch_size: int, world: int, max_padding: float = 0.15
+) -> list[RankBatches]:
+    """Every rank's batches, such that all ranks run as many batches, each of as many rows.
+
+    Prompts of similar length are batched across all ranks (``world x batch_size`` at a time) and dealt out
+    round-robin, so a batch costs about the same on every rank; a share one row short is topped up with the
+    batch's shortest prompt, answered twice, reported once. With one rank these are ``length_batches``.
+    """
+    ranks = [RankBatches([], []) for _ in range(world)]
+    for batch in length_batches(lengths, batch_size * world, max_padding):
+        rows = -(-len(batch) // world)
+        for rank, part in enumerate(ranks):
+            share = batch[rank::world]
+            part.owned += share
+            part.batches.append(share + [batch[-1]] * (rows - len(share)))
+    return ranks
+
+
+def padding_allowed(model: Any) -> float:
+    """The share of a batch that may be padding: half on a CPU, where prompts run unpadded and only decoding
+    is batched (``prefilled_cache``), little elsewhere."""
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    return 0.5 if on_cpu and can_assemble_cache(model) else 0.15
+
+
+def any_rank(flag: bool, device: Any) -> bool:
+    """Whether ``flag`` is set on any process (a collective call: every rank makes it at the same point)."""
+    import torch
+    import torch.distributed as dist
+
+    value = torch.tensor([int(flag)], dtype=torch.long, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def stop_criteria(stop: StopFlag) -> Any:
+    """A stopping criterion that ends a ``generate`` call at its next step once this process is asked to stop."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopWhenRequested(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            return torch.full((input_ids.shape[0],), stop.requested(), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([StopWhenRequested()])
+
+
 def cache_keyword() -> str:
     """The KV cache's name in model outputs and ``generate``: ``cache`` in recent transformers, else the older one."""
     from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -99,11 +167,18 @@ def can_assemble_cache(model: Any) -> bool:
     return not any(layer.is_sliding for layer in layers)
 
 
-def prefilled_cache(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> Any:
+def prefilled_cache(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    checkpoint: Callable[[], None] | None = None,
+    synced: bool = False,
+) -> Any:
     """A static cache holding every prompt but its last token, left-padded to the longest, room for the answer.
 
     Each prompt runs alone and unpadded, so SDPA keeps its causal kernel; rotary positions are already applied to
-    the cached keys, so a row's padding only needs masking. Rows of a single token have nothing to cache.
+    the cached keys, so a row's padding only needs masking. Rows of a single token have nothing to cache (when
+    ``synced``, they still run a forward: every rank makes one per row). ``checkpoint`` runs before each prompt.
     """
     import torch
     from transformers import StaticCache
@@ -112,7 +187,11 @@ def prefilled_cache(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens
     cached = max(len(ids) for ids in prompts) - 1
     row_caches = []
     for ids in prompts:
+        if checkpoint is not None:
+            checkpoint()
         if len(ids) < 2:
+            if synced:
+                model(input_ids=torch.tensor([list(ids)], device=device), use_cache=False, logits_to_keep=1)
             row_caches.append(None)
             continue
         output = model(input_ids=torch.tensor([ids[:-1]], device=device), use_cache=True, logits_to_keep=1)
@@ -149,12 +228,21 @@ def kept_rows(cache: Any, model: Any, rows: Sequence[int], filled: int) -> Any:
 
 
 def decode_dropping_finished_rows(
-    model: Any, input_ids: Any, attention: Any, cache: Any, settings: dict[str, Any], tokenizer: Any
+    model: Any,
+    input_ids: Any,
+    attention: Any,
+    cache: Any,
+    settings: dict[str, Any],
+    tokenizer: Any,
+    checkpoint: Callable[[], None] | None = None,
+    synced: bool = False,
 ) -> list[list[int]]:
     """Greedy new tokens for each row, generated ``DECODE_SEGMENT`` at a time from a prefilled static cache.
 
     Between segments the rows whose answer has ended (an end-of-turn id or stop string) leave the batch, and the
     others continue from their own cache rows: every row gets the tokens a single ``generate`` call would give it.
+    ``checkpoint`` runs before each segment. ``synced``: every rank runs segments until the rows of every rank
+    have ended; a rank whose own rows have ended decodes a one-token filler meanwhile, and discards it.
     """
     import torch
 
@@ -163,14 +251,30 @@ def decode_dropping_finished_rows(
     rows = list(range(input_ids.shape[0]))
     new_tokens: list[list[int]] = [[] for _ in rows]
     remaining = settings["max_new_tokens"]
-    while rows and remaining > 0:
+    lockstep = {"synced_gpus": True} if synced else {}
+    while remaining > 0:
         steps = min(DECODE_SEGMENT, remaining)
+        remaining -= steps
+        if checkpoint is not None:
+            checkpoint()
+        if synced and not any_rank(bool(rows), input_ids.device):
+            break
+        if not rows:  # synced: the other ranks still decode, and sharded weights need this rank's forwards
+            model.generate(
+                input_ids=input_ids[:1, -1:],
+                attention_mask=attention[:1, -1:],
+                use_cache=True,
+                **{**settings, "max_new_tokens": steps},
+                **lockstep,
+            )
+            continue
         output = model.generate(
             input_ids=input_ids,
             attention_mask=attention,
             use_cache=True,
             **{**settings, "max_new_tokens": steps},
             **{cache_keyword(): cache},
+            **lockstep,
         )
         generated = output[:, input_ids.shape[1] :]
         keep = []
@@ -179,9 +283,11 @@ def decode_dropping_finished_rows(
             text = tokenizer.decode(new_tokens[row]) if stop_strings else ""
             if not (eos_ids & set(new_tokens[row]) or any(stop in text for stop in stop_strings)):
                 keep.append(position)
-        remaining -= generated.shape[1]
-        if not keep or generated.shape[1] < steps:
-            break
+        if not keep or generated.shape[1] < steps:  # every row has ended
+            if not synced:
+                break
+            rows = []
+            continue
         input_ids = output
         attention = torch.cat([attention, attention.new_ones(generated.shape)], dim=1)
         if len(keep) < len(rows):
@@ -213,29 +319,48 @@ def generate_answers(
     max_new_tokens: int = 128,
     batch_size: int = 8,
     progress: Callable[[int], Any] | None = None,
+    batches: Sequence[Sequence[int]] | None = None,
+    synced: bool = False,
+    stop: StopFlag | None = None,
 ) -> tuple[list[str], list[float]]:
-    """Batched greedy generation over token-id prompts, longest first; answers in input order."""
+    """Batched greedy generation over token-id prompts, longest first; answers in input order.
+
+    ``batches`` (indices into ``prompts``: one rank's ``lockstep_batches``) replace the batching by length, and a
+    prompt that no batch holds gets an empty answer; ``synced``: every process runs this call in lockstep.
+    ``stop``: raise ``StopRequested``, keeping no answer, once a stop is asked for (on any rank, when synced).
+    """
     import torch
 
     settings = greedy_settings(tokenizer, end_of_turn, max_new_tokens)
+    if stop is not None:
+        settings["stopping_criteria"] = stop_criteria(stop)
     answers: list[str] = [""] * len(prompts)
     seconds: list[float] = [0.0] * len(prompts)
     device = next(model.parameters()).device
     on_cpu = device.type == "cpu"
     assemble = on_cpu and can_assemble_cache(model)
+    if batches is None:
+        # assembled from unpadded prompts, padding costs only the decode steps' reads of the cache
+        batches = length_batches([len(p) for p in prompts], batch_size, padding_allowed(model))
+
+    def checkpoint() -> None:
+        if stop is not None:
+            stop.check(synced, device)
+
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            lengths = [len(p) for p in prompts]
-            # assembled from unpadded prompts, padding costs only the decode steps' reads of the cache
-            for batch in length_batches(lengths, batch_size, max_padding=0.5 if assemble else 0.15):
+            for batch in batches:
+                checkpoint()
                 rows = [prompts[i] for i in batch]
                 input_ids, attention = left_padded(rows, settings["pad_token_id"])
                 began = time.perf_counter()
                 if assemble:
-                    cache = prefilled_cache(model, rows, max_new_tokens)
-                    new_ids = decode_dropping_finished_rows(model, input_ids, attention, cache, settings, tokenizer)
+                    cache = prefilled_cache(model, rows, max_new_tokens, checkpoint, synced)
+                    new_ids = decode_dropping_finished_rows(
+                        model, input_ids, attention, cache, settings, tokenizer, checkpoint, synced
+                    )
                 else:
                     output = model.generate(
                         input_ids=input_ids.to(device),
@@ -243,6 +368,7 @@ def generate_answers(
                         use_cache=True,
                         **settings,
                         **({"cache_implementation": "static"} if on_cpu else {}),
+                        **({"synced_gpus": True} if synced else {}),
                     )
                     new_ids = [row[input_ids.shape[1] :].tolist() for row in output]
                 elapsed = (time.perf_counter() - began) / len(batch)
@@ -250,6 +376,7 @@ def generate_answers(
                     answers[index], seconds[index] = answer_text(tokenizer, new_ids[row], end_of_turn), elapsed
                 if progress is not None:
                     progress(len(batch))
+            checkpoint()  # a stop during the last batch cut its answers short: none is returned
     finally:
         model.train(was_training)
     return answers, seconds
