@@ -5,8 +5,10 @@ position ids. SDPA then scores every token against every other token of the row 
 given a mask, leaves its fused causal kernels. Attending within each example separately computes exactly the
 kept scores: the same output, in time and memory that grow with each example's length instead of the whole
 row's. On a CUDA GPU in half precision, PyTorch's own flash-attention kernel for variable-length batches
-(``torch.nn.attention.varlen``) does that for the whole row in one call; elsewhere each example gets a causal,
-unmasked SDPA call. Anything else (padded batches, generation with a cache) goes to plain SDPA.
+(``torch.nn.attention.varlen``) does that for the whole row in one call; elsewhere each example gets a causal
+SDPA call, unmasked, or with a band mask where the layer's sliding window is shorter than the example. Anything
+else (padded batches, generation with a cache, a position bias over the row) goes to plain SDPA with the row's
+mask.
 """
 
 from __future__ import annotations
@@ -70,8 +72,8 @@ def varlen_fits(module: torch.nn.Module, query: torch.Tensor, dropout: float, kw
     """Whether the varlen kernel computes exactly what the per-example loop would for this layer."""
     if not query.is_cuda or half_precision(query) is None or _varlen_kernel() is None:
         return False
-    if dropout or kwargs.get("softcap") or getattr(module, "sliding_window", None):
-        return False
+    if dropout or kwargs.get("softcap") or kwargs.get("position_bias") is not None or sliding_window(module, kwargs):
+        return False  # windowed layers take the per-example loop, which applies the window
     return _device_runs_flash(query.device.index or 0)
 
 
@@ -133,26 +135,59 @@ def packed_sdpa_attention_forward(
         if output is not None:
             return output, None
     segments = None
-    if row:
+    if row and kwargs.get("position_bias") is None:  # a bias over the whole row: let the row's mask handle it
         segments = boundary_segments(boundaries, length) or packed_segments(position_ids, length)
     if segments is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     kwargs.pop("is_causal", None)
-    outputs = [
-        sdpa_attention_forward(
-            module,
-            query[:, :, start:end],
-            key[:, :, start:end],
-            value[:, :, start:end],
-            None,
-            dropout,
-            scaling,
-            is_causal=True,
-            **kwargs,
-        )[0]
-        for start, end in segments
-    ]
+    window = sliding_window(module, kwargs)
+    row_mask = attention_mask if needs_row_mask(module, attention_mask) else None
+    outputs = []
+    for start, end in segments:
+        if row_mask is not None:
+            band = row_mask[..., start:end, start:end]
+        elif window and end - start > window:
+            band = causal_band(end - start, window, query.device)
+        else:
+            band = None
+        outputs.append(
+            sdpa_attention_forward(
+                module,
+                query[:, :, start:end],
+                key[:, :, start:end],
+                value[:, :, start:end],
+                band,
+                dropout,
+                scaling,
+                is_causal=band is None,
+                **kwargs,
+            )[0]
+        )
     return torch.cat(outputs, dim=1), None  # (batch, tokens, heads, head_dim), as SDPA returns it
+
+
+def needs_row_mask(module: torch.nn.Module, attention_mask: torch.Tensor | None) -> bool:
+    """Whether the row's mask holds more than causal attention within examples: a learned bias (Doge's dynamic
+    mask arrives as a float mask) or chunked attention. Each example then gets its block of that mask."""
+    if attention_mask is None:
+        return False
+    config = getattr(module, "config", None)
+    return attention_mask.dtype != torch.bool or bool(getattr(config, "attention_chunk_size", None))
+
+
+def sliding_window(module: torch.nn.Module, kwargs: dict[str, Any]) -> int | None:
+    """This layer's attention window: transformers passes it to attention functions (Mistral, Qwen2, Gemma's local
+    layers), and some layers keep it as an attribute."""
+    window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
+    return int(window) if window else None
+
+
+def causal_band(length: int, window: int, device: torch.device) -> torch.Tensor:
+    """Boolean mask of causal attention within ``window`` tokens: query i sees keys i - window + 1 … i, as
+    transformers' sliding-window masks do."""
+    positions = torch.arange(length, device=device)
+    distance = positions[:, None] - positions[None, :]
+    return ((distance >= 0) & (distance < window))[None, None]
 
 
 def register_packed_sdpa() -> str:

@@ -130,11 +130,15 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
 def load_generator(
     path: str, use_flash_attention: bool = False, dtype: Any = None, log: Any = print
 ) -> PreTrainedModel:
-    """Load a causal LM; flash-attention 2 with bf16 when asked and possible, else SDPA."""
+    """Load a causal LM; flash-attention 2 with bf16 when asked and possible, else transformers' default.
+
+    That default is SDPA where the family supports it and eager attention where it does not (Gemma-2's
+    soft-capped attention, for one), so every family loads.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"attn_implementation": "sdpa"}
+    kwargs: dict[str, Any] = {}
     if use_flash_attention:
         available, why = flash_attention_available()
         if available:
@@ -143,10 +147,4 @@ def load_generator(
             log(f"flash-attention 2 is not available ({why}); using PyTorch SDPA attention instead")
     if dtype is not None:
         kwargs["dtype"] = dtype
-    try:
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except ValueError as error:
-        if "sdpa" not in str(error).lower():
-            raise
-        kwargs["attn_implementation"] = "eager"
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)

@@ -9,7 +9,7 @@ from helpers import HISTORY, embedded_tokenizer, example, tiny_model
 
 from rqa.data import IGNORE_INDEX, ExampleEncoder, PaddingCollator
 from rqa.plugins import get_plugins
-from rqa.trainer import RqaTrainer, split_backbone_and_head
+from rqa.trainer import RqaTrainer
 
 
 def batch_for(supervise: str) -> dict:
@@ -69,8 +69,7 @@ def test_sequence_loss_ignores_padding_and_answer_loss_ignores_prompt() -> None:
 
 def test_lm_head_is_applied_only_at_supervised_positions(tmp_path) -> None:
     model = tiny_model(embedded_tokenizer())
-    backbone, head = split_backbone_and_head(model)
-    assert head is model.lm_head and backbone is model.model
+    head = model.lm_head
     seen: list[int] = []
     head.register_forward_hook(lambda module, args, output: seen.append(args[0].shape[0]))
     batch = batch_for("answer")
@@ -146,11 +145,11 @@ def test_one_example_per_forward_accumulated_gives_the_whole_batchs_update(tmp_p
 
 
 def test_bf16_mixed_precision_reaches_the_backbone_and_head(tmp_path) -> None:
-    """Calling the backbone directly must not fall out of the autocast that ``--bf16`` asks for."""
+    """Mixed precision reaches the backbone and the LM head: the autocast that ``--bf16`` asks for."""
     from transformers import TrainingArguments
 
     model = tiny_model(embedded_tokenizer())
-    backbone, head = split_backbone_and_head(model)
+    backbone, head = model.model, model.lm_head
     dtypes: set[torch.dtype] = set()
     first_projection = next(m for m in backbone.modules() if isinstance(m, torch.nn.Linear))
     for module in (first_projection, head):
@@ -163,3 +162,42 @@ def test_bf16_mixed_precision_reaches_the_backbone_and_head(tmp_path) -> None:
     loss = trainer.compute_loss(trainer.model, dict(batch_for("answer")))
     assert dtypes == {torch.bfloat16}
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+def test_data_parallel_token_counts_do_not_break_the_loss(tmp_path) -> None:
+    """Under DataParallel, Trainer hands ``num_items`` as an ``(n_gpu, 1)`` tensor of per-replica shares; rqa's one
+    loss over every replica's logits needs the step's whole count instead."""
+    from transformers import TrainingArguments
+
+    from rqa.data import PackingCollator
+
+    model = tiny_model(embedded_tokenizer())
+    trainer = RqaTrainer(
+        model=model,
+        args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True),
+        loss=get_plugins()["losses"].create("answer-ce"),
+    )
+    trainer.args._n_gpu = 2  # what TrainingArguments records on a machine with two GPUs in one process
+    batch = batch_for("answer")
+    supervised = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    per_replica = torch.tensor(supervised // 2).unsqueeze(0).expand(2, -1)
+    alone = trainer.compute_loss(model, dict(batch))
+    assert torch.allclose(trainer.compute_loss(model, dict(batch), num_items_in_batch=per_replica), alone)
+    packed = PackingCollator()([{"input_ids": [1, 2, 3, 4], "labels": [-100, -100, 3, 4]}])
+    batches, num_items = trainer.get_batch_samples(iter([batch, packed]), 2, torch.device("cpu"))
+    assert len(batches) == 2 and num_items == supervised + 2
+
+
+def test_logits_scaled_after_the_head_reach_the_loss(tmp_path) -> None:
+    """Granite divides its logits by ``logits_scaling`` after the LM head: the trainer's loss must too."""
+    from transformers import TrainingArguments
+
+    model = tiny_model(embedded_tokenizer(), family="granite", logits_scaling=16.0)
+    batch = batch_for("answer")
+    expected = model(**{k: v for k, v in batch.items()}).loss
+    trainer = RqaTrainer(
+        model=model,
+        args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True),
+        loss=get_plugins()["losses"].create("answer-ce"),
+    )
+    assert torch.allclose(trainer.compute_loss(model, dict(batch)), expected, atol=1e-5)
