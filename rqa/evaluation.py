@@ -11,13 +11,16 @@ fewer would leave the others waiting forever.
 
 A ``StopFlag`` (SIGTERM while training: ``rqa.signals``) abandons an evaluation between retrieval chunks, prompts,
 decode segments and batches: it raises ``StopRequested`` and writes nothing.
+
+An evaluation takes minutes: the main process draws bars for retrieval and generation on a terminal, and logs one
+line with the rate when it ends (``rqa.progress``); ``quiet`` (``--disable_tqdm true``) leaves only that line.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 from rqa.builtin.metrics import gold_ranks, token_prf
 from rqa.data import ExampleEncoder
 from rqa.files import write_json_atomic, write_jsonl_atomic
-from rqa.generation import generate_answers, lockstep_batches, padding_allowed
+from rqa.generation import RankBatches, generate_answers, lockstep_batches, padding_allowed
+from rqa.progress import Advance, log_finished, progress_bars
 from rqa.schema import Document, Example
 
 if TYPE_CHECKING:
@@ -54,11 +58,20 @@ class E2EEvaluator:
     max_new_tokens: int = 128
     batch_size: int = 32
     output_dir: Path | None = None
-    progress: Callable[[str, int], Any] | None = None
+    quiet: bool = False  # no progress bar, only the line logged when an evaluation ends (``rqa.progress``)
     _retrieved: Retrieved | None = field(default=None, init=False)
 
-    def retrieve(self, stop: StopFlag | None = None, synced: bool = False, device: Any = None) -> Retrieved:
-        """Every question's passages, once per evaluator; with ``stop``, in chunks that a stop abandons."""
+    def retrieve(
+        self,
+        stop: StopFlag | None = None,
+        synced: bool = False,
+        device: Any = None,
+        progress: Advance | None = None,
+    ) -> Retrieved:
+        """Every question's passages, once per evaluator; with ``stop``, in chunks that a stop abandons.
+
+        ``progress`` is told how many questions each retriever call answered (the chunks do not depend on it).
+        """
         if self._retrieved is None:
             start = time.perf_counter()
             questions = [e.question for e in self.examples]
@@ -66,11 +79,16 @@ class E2EEvaluator:
                 hits = [[(d, 1.0) for d in e.gold_docs] for e in self.examples]
             elif stop is None:
                 hits = self.retriever.retrieve(questions, self.top_k)
+                if progress is not None:
+                    progress(len(hits))
             else:
                 hits = []
                 for begin in range(0, len(questions), RETRIEVAL_CHUNK):
                     stop.check(synced, device)
-                    hits += self.retriever.retrieve(questions[begin : begin + RETRIEVAL_CHUNK], self.top_k)
+                    chunk = self.retriever.retrieve(questions[begin : begin + RETRIEVAL_CHUNK], self.top_k)
+                    hits += chunk
+                    if progress is not None:
+                        progress(len(chunk))
             elapsed = time.perf_counter() - start
             self._retrieved = Retrieved(hits, elapsed / max(len(self.examples), 1))
         return self._retrieved
@@ -82,46 +100,54 @@ class E2EEvaluator:
         batches: list[list[int]] | None = None,
         synced: bool = False,
         stop: StopFlag | None = None,
+        progress: Advance | None = None,
     ) -> tuple[list[str], list[float]]:
-        """Greedy answers for token-id prompts, and the seconds spent per question (see ``generate_answers``)."""
-        from rich.progress import Progress
+        """Greedy answers for token-id prompts, and the seconds spent per question (see ``generate_answers``).
 
-        total = len(prompts) if batches is None else sum(len(batch) for batch in batches)
-        with Progress(transient=True) as progress:
-            task = progress.add_task("generating answers", total=total)
-            return generate_answers(
-                model,
-                self.encoder.tokenizer,
-                prompts,
-                end_of_turn=self.encoder.formatter.end_of_turn,
-                max_new_tokens=self.max_new_tokens,
-                batch_size=self.batch_size,
-                progress=lambda done: progress.advance(task, done),
-                batches=batches,
-                synced=synced,
-                stop=stop,
-            )
+        ``progress`` is told each batch's row count when the batch is done.
+        """
+        return generate_answers(
+            model,
+            self.encoder.tokenizer,
+            prompts,
+            end_of_turn=self.encoder.formatter.end_of_turn,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+            progress=progress,
+            batches=batches,
+            synced=synced,
+            stop=stop,
+        )
 
     def evaluate_model(
         self, model: Any, name: str = "final", is_main: bool = True, stop: StopFlag | None = None
     ) -> dict[str, float]:
         """Score ``model``; under several processes each rank answers its share, in lockstep, and all see every row.
 
-        A stop asked for through ``stop`` raises ``StopRequested`` before anything is written.
+        A stop asked for through ``stop`` raises ``StopRequested`` before anything is written. The main process
+        shows progress (``rqa.progress``) and logs one line with the rate when the evaluation ends.
         """
         rank, world = distributed_rank_and_size()
         synced = world > 1
         device = next(model.parameters()).device
-        retrieved = self.retrieve(stop, synced, device)
-        if is_main:
-            log.info("%s: generating answers to %d questions", f"evaluation {name}".strip(), len(self.examples))
-        # every prompt on every rank: the lockstep batches are planned from all their lengths
-        prompts = [self.prompt(i, retrieved) for i in range(len(self.examples))]
-        mine, batches = list(range(len(prompts))), None
-        if synced:
-            part = lockstep_batches([len(p) for p in prompts], self.batch_size, world, padding_allowed(model))[rank]
-            mine, batches = part.owned, part.batches
-        answers, seconds = self.generate(model, prompts, batches, synced, stop)
+        began = time.perf_counter()
+        label = f"evaluation {name}".strip()
+        with progress_bars(quiet=self.quiet, main=is_main) as bars:
+            retrieving = None
+            if self._retrieved is None and self.retriever is not None:
+                retrieving = bars.add(f"{label}: retrieving passages", len(self.examples), "questions")
+            retrieved = self.retrieve(stop, synced, device, retrieving)
+            if is_main:
+                log.info("%s: generating answers to %d questions", label, len(self.examples))
+            # every prompt on every rank: the lockstep batches are planned from all their lengths
+            prompts = [self.prompt(i, retrieved) for i in range(len(self.examples))]
+            mine, batches = list(range(len(prompts))), None
+            progress = bars.add(f"{label}: generating answers", len(prompts), "answers")
+            if synced:
+                parts = lockstep_batches([len(p) for p in prompts], self.batch_size, world, padding_allowed(model))
+                mine, batches = parts[rank].owned, parts[rank].batches
+                progress = lockstep_progress(parts, progress)
+            answers, seconds = self.generate(model, prompts, batches, synced, stop, progress)
         per_question = retrieved.seconds_per_question
         local_rows = [
             (i, prediction_row(self.examples[i], retrieved.passages[i], answers[i], per_question, seconds[i]))
@@ -131,11 +157,23 @@ class E2EEvaluator:
         scores = score_rows(rows, self.metrics)
         if is_main and self.output_dir is not None:
             write_results(self.output_dir, name, rows, scores)
+        if is_main:
+            log_finished(label, len(self.examples), "questions", "answered", time.perf_counter() - began)
         return scores
 
     def prompt(self, index: int, retrieved: Retrieved) -> list[int]:
         """The token ids question ``index`` is answered from, its retrieved passages included."""
         return self.encoder.prompt_ids(self.examples[index], [doc for doc, _ in retrieved.passages[index]])
+
+
+def lockstep_progress(parts: Sequence[RankBatches], advance: Advance) -> Advance:
+    """Progress over every rank's questions, fed with one rank's batch sizes.
+
+    The ranks finish their n-th batches together, so after this rank's n-th batch all ranks have answered the
+    distinct questions of their n-th batches (the repeats that fill a short share count once).
+    """
+    answered = iter([len(set().union(*(part.batches[n] for part in parts))) for n in range(len(parts[0].batches))])
+    return lambda rows: advance(next(answered, 0))
 
 
 def distributed_rank_and_size() -> tuple[int, int]:
@@ -167,14 +205,24 @@ def write_results(output_dir: Path, name: str, rows: list[dict[str, Any]], score
 
 
 def evaluate_retrieval_only(
-    examples: Sequence[Example], retriever: Any, metrics: dict[str, Any], top_k: int, output_dir: Path
+    examples: Sequence[Example],
+    retriever: Any,
+    metrics: dict[str, Any],
+    top_k: int,
+    output_dir: Path,
+    quiet: bool = False,
 ) -> dict[str, float]:
+    """Score the retriever alone; progress as for a whole evaluation (``rqa.progress``)."""
     start = time.perf_counter()
-    hits = retriever.retrieve([e.question for e in examples], top_k)
+    with progress_bars(quiet=quiet) as bars:
+        retrieving = bars.add("evaluation: retrieving passages", len(examples), "questions")
+        hits = retriever.retrieve([e.question for e in examples], top_k)
+        retrieving(len(hits))
     per_question = (time.perf_counter() - start) / max(len(examples), 1)
     rows = [prediction_row(e, h, "", per_question, 0.0) for e, h in zip(examples, hits, strict=True)]
     scores = score_rows(rows, metrics)
     write_results(output_dir, "", rows, scores)
+    log_finished("evaluation", len(examples), "questions", "retrieved", time.perf_counter() - start)
     return scores
 
 

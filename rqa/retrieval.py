@@ -8,6 +8,7 @@ built atomically.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -73,20 +74,28 @@ class DenseFaissRetriever(IndexedRetriever):
         return model_fingerprint(resolve_embedder(self.embedding_model))
 
     def encode(self, texts: Sequence[str], progress: bool = False) -> Any:
+        """Normalised vectors; ``progress``: encode in chunks, show them on a bar and log one line at the end.
+
+        The bar follows ``rqa.progress`` (a terminal, the main process, not quiet); the chunks do not, so the
+        vectors are the same whether a bar is drawn or not.
+        """
         import numpy as np
 
         texts = list(texts)
         if not progress:
             return np.ascontiguousarray(self._encode(texts), dtype=np.float32)
-        from rich.progress import Progress
+        from rqa.progress import is_main_process, log_finished, progress_bars
 
         step = self.batch_size * 8  # large chunks keep the encoder's own batching efficient
         parts = []
-        with Progress(transient=True) as bar:
-            task = bar.add_task("embedding documents", total=len(texts))
+        began = time.perf_counter()
+        with progress_bars() as bars:
+            advance = bars.add("embedding documents", len(texts), "documents")
             for start in range(0, len(texts), step):
                 parts.append(self._encode(texts[start : start + step]))
-                bar.advance(task, len(parts[-1]))
+                advance(len(parts[-1]))
+        if is_main_process():
+            log_finished("index", len(texts), "documents", "embedded", time.perf_counter() - began)
         return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
 
     def _encode(self, texts: list[str]) -> Any:
