@@ -2,7 +2,8 @@
 
 Each hook receives ``register(name, factory, description=None)``. ``factory`` is a callable that builds the
 component from keyword options; registering factories rather than built objects keeps discovery and
-``rqa list-plugins`` cheap. Built-in components use these same hooks.
+``rqa list-plugins`` cheap. Built-in components use these same hooks. What each kind of component must offer
+is declared in ``rqa.contracts``; plugins import the marker as ``from rqa import hookimpl``.
 """
 
 from __future__ import annotations

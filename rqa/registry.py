@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from rqa import contracts
 from rqa.errors import (
     ComponentBuildError,
     ComponentOptionError,
@@ -21,12 +22,6 @@ from rqa.errors import (
 
 KINDS = ("formatters", "losses", "retrievers", "metrics")
 SINGULAR = {"formatters": "formatter", "losses": "loss", "retrievers": "retriever", "metrics": "metric"}
-INTERFACE = {  # what a built component must offer, by kind (see CONTRIBUTING.md)
-    "formatters": ("render",),
-    "losses": ("__call__",),
-    "retrievers": ("build", "retrieve"),
-    "metrics": ("update", "compute"),
-}
 _VALID_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
@@ -144,16 +139,33 @@ class Registry:
         return built
 
     def build(self, name: str, options: Mapping[str, Any] | None = None, **context: Any) -> Any:
-        """``create``, then check the result offers what rqa calls on this kind of component."""
+        """``create``, then check the result against its kind's contract (``rqa.contracts``)."""
         built = self.create(name, options, **context)
-        missing = [m for m in INTERFACE.get(self.kind, ()) if not callable(getattr(built, m, None))]
-        if missing:
-            noun = SINGULAR.get(self.kind, self.kind)
-            raise InvalidComponentError(
-                f"{noun} '{name}' from {self.get(name).provider} built a {type(built).__name__} without "
-                f"{', '.join(missing)}: not a valid {noun}"
-            )
+        problems = contracts.missing(self.kind, built)
+        if problems:
+            raise InvalidComponentError(contract_message(self.get(name), f"built a {type(built).__name__}", problems))
         return built
+
+
+def contract_message(component: Component, what: str, problems: list[str]) -> str:
+    """Who built what, and what it lacks: enough for the user to tell the plugin's author."""
+    noun = SINGULAR.get(component.kind, component.kind)
+    protocol = contracts.CONTRACTS[component.kind].__name__
+    return (
+        f"{noun} '{component.name}' from {component.provider} {what} without {', '.join(problems)}: not a valid "
+        f"{noun} (rqa.contracts.{protocol} lists what a {noun} needs)"
+    )
+
+
+def check_factory_contract(component: Component) -> None:
+    """Check what can be known without building: the methods of the class the factory makes.
+
+    Formatters need a tokenizer to build, so ``--dry_run`` cannot build them; this still catches one whose
+    class lacks ``render``. ``Registry.build`` checks everything once the component exists.
+    """
+    problems = contracts.missing_statically(component.kind, component.factory)
+    if problems:
+        raise InvalidComponentError(contract_message(component, "builds a class", problems))
 
 
 def _option_parameters(component: Component, context: set[str]) -> dict[str, inspect.Parameter]:
@@ -167,10 +179,12 @@ def validate_options(
 ) -> dict[str, Any]:
     """Check ``options`` against the factory's signature; return them converted to the annotated types.
 
-    Every problem is reported at once, before anything heavy is built. Callers keep the returned values, not
+    Every problem is reported at once, before anything heavy is built; a factory whose class visibly breaks
+    its kind's contract fails first (``check_factory_contract``). Callers keep the returned values, not
     the command-line strings, so what a run records (``rqa_args.json``) holds numbers and booleans as such;
     converting a converted value again changes nothing.
     """
+    check_factory_contract(component)
     accepted = _option_parameters(component, set(context))
     hints = _annotations(component.factory)
     noun = SINGULAR.get(component.kind, component.kind)

@@ -14,14 +14,18 @@ from rqa.registry import KINDS
 
 GOOD_SOURCE = '''
     """A fake third-party rqa plugin."""
+    from rqa.formatting import Formatter, Piece, Rendered
     from rqa.hookspecs import hookimpl
 
 
-    class FakeFormatter:
+    class FakeFormatter(Formatter):
         """Wraps every question in brackets (fake formatter for tests)."""
 
         def __init__(self, width: int = 3) -> None:
             self.width = width
+
+        def render(self, example, passages, with_answer=True):
+            return Rendered((Piece(f"[{example.question}]", "prompt"),))
 
 
     @hookimpl
@@ -115,7 +119,7 @@ def test_list_plugins_json_shows_the_plugin_with_the_documented_schema(make_plug
     assert set(data) == {"components", "plugins"}
     component_keys = {"kind", "name", "plugin", "package", "version", "description"}
     assert all(set(c) == component_keys for c in data["components"])
-    assert all(set(p) == {"name", "package", "version", "ok", "error"} for p in data["plugins"])
+    assert all(set(p) == {"name", "package", "version", "ok", "disabled", "error"} for p in data["plugins"])
     assert {
         "kind": "formatters",
         "name": "fake-fmt",
@@ -124,9 +128,8 @@ def test_list_plugins_json_shows_the_plugin_with_the_documented_schema(make_plug
         "version": "0.1",
         "description": "Wraps every question in brackets (fake formatter for tests).",
     } in data["components"]
-    assert {"name": "fake", "package": "rqa-fake-plugin", "version": "0.1", "ok": True, "error": None} in (
-        data["plugins"]
-    )
+    fake = {"name": "fake", "package": "rqa-fake-plugin", "version": "0.1", "ok": True, "disabled": False}
+    assert {**fake, "error": None} in data["plugins"]
     for kind in KINDS:
         builtins = [c for c in data["components"] if c["kind"] == kind and c["package"] == "rqa"]
         assert builtins, f"no built-in {kind}"
@@ -599,3 +602,85 @@ def test_list_plugins_shows_failures_without_the_extra_warning(make_plugin, run_
     assert result.returncode == 0, result.stderr
     assert f"{BROKEN_IMPORT} failed to load:" in result.stdout
     assert "see rqa list-plugins" not in result.stdout + result.stderr
+
+
+# --- one plugin manager, RQA_DISABLE_PLUGINS, tracing ------------------------------------------------------
+
+
+def test_every_loaded_plugin_is_registered_in_one_manager_under_its_name(make_plugin):
+    fake = make_plugin("fake", GOOD_SOURCE, package="rqa-fake-plugin")
+    make_plugin("broken-hook", HOOK_ERROR_SOURCE)
+
+    plugin_set = load_plugins()
+
+    manager = plugin_set.manager
+    assert manager.get_plugin("fake").__name__ == fake.module
+    assert {"rqa-formatters", "rqa-losses", "rqa-retrievers", "rqa-metrics", "fake"} <= set(
+        dict(manager.list_name_plugin())
+    )
+    assert not manager.has_plugin("broken-hook")  # a plugin that failed is dropped from the manager too
+
+
+def test_disabled_plugin_is_listed_but_never_imported(make_plugin, monkeypatch):
+    make_plugin("broken-import", IMPORT_ERROR_SOURCE)
+    make_plugin("fake", GOOD_SOURCE, package="rqa-fake-plugin")
+    monkeypatch.setenv("RQA_DISABLE_PLUGINS", "broken-import, fake")
+
+    plugin_set = load_plugins()
+
+    for name in ("broken-import", "fake"):
+        info = plugin(plugin_set, name)
+        assert (info.ok, info.disabled, info.error) == (True, True, None)
+        assert plugin_set.manager.is_blocked(name)
+    assert plugin_set.failed == []
+    assert "fake-fmt" not in plugin_set["formatters"]
+    assert_builtins_work(plugin_set)
+
+
+def test_builtins_cannot_be_disabled(monkeypatch):
+    monkeypatch.setenv("RQA_DISABLE_PLUGINS", "rqa-formatters")
+
+    plugin_set = load_plugins()
+
+    assert not plugin(plugin_set, "rqa-formatters").disabled
+    assert_builtins_work(plugin_set)
+
+
+def test_list_plugins_shows_disabled_plugins(make_plugin, run_rqa):
+    make_plugin("fake", GOOD_SOURCE, package="rqa-fake-plugin")
+
+    text = run_rqa("list-plugins", env={"RQA_DISABLE_PLUGINS": "fake"})
+    data = json.loads(run_rqa("list-plugins", "--json", env={"RQA_DISABLE_PLUGINS": "fake"}).stdout)
+
+    assert text.returncode == 0, text.stderr
+    assert "plugin 'fake' (rqa-fake-plugin==0.1) is disabled (RQA_DISABLE_PLUGINS)" in " ".join(text.stdout.split())
+    assert "fake-fmt" not in text.stdout
+    fake = {p["name"]: p for p in data["plugins"]}["fake"]
+    assert (fake["ok"], fake["disabled"], fake["error"]) == (True, True, None)
+
+
+@pytest.mark.parametrize(("flags", "env"), [(("--debug",), {}), ((), {"RQA_DEBUG_PLUGINS": "1"})])
+def test_plugin_hook_calls_are_traced_on_request(make_plugin, run_rqa, flags, env):
+    make_plugin("fake", GOOD_SOURCE, package="rqa-fake-plugin")
+
+    result = run_rqa("list-plugins", "--json", *flags, env=env)
+
+    assert result.returncode == 0, result.stderr
+    json.loads(result.stdout)  # tracing goes to stderr only
+    assert "loading plugin 'fake' (rqa-fake-plugin==0.1)" in result.stderr
+    assert "register_formatters [hook]" in result.stderr
+    assert "register_losses [hook]" in result.stderr
+
+
+def test_no_tracing_by_default(run_rqa):
+    result = run_rqa("list-plugins", "--json", env={"RQA_LOAD_PLUGINS": ""})
+
+    assert result.returncode == 0
+    assert "[hook]" not in result.stderr
+
+
+def test_hookimpl_is_exported_from_the_package():
+    from rqa import hookimpl
+    from rqa.hookspecs import hookimpl as from_hookspecs
+
+    assert hookimpl is from_hookspecs

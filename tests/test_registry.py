@@ -15,6 +15,7 @@ from rqa.errors import (
     RqaError,
     UnknownComponentError,
 )
+from rqa.formatting import Formatter
 from rqa.plugins import PluginSet, load_plugins
 from rqa.registry import Component, Registry, describe, parse_component_spec, validate_options
 
@@ -317,7 +318,7 @@ def test_variadic_parameters_are_not_options():
         registry_of(takes_kwargs).create("takes-kwargs", {"extra": "1"})
 
 
-class ClassFactory:
+class ClassFactory(Formatter):
     """A factory that is a class, in a module using ``from __future__ import annotations``."""
 
     def __init__(self, ratio: float = 1.0, flag: bool = False) -> None:
@@ -410,5 +411,9 @@ def test_factory_faults_name_the_plugin_and_package() -> None:
     with pytest.raises(ComponentBuildError, match=r"retriever 'boom' from plugin 'acme' \(rqa-acme==1\.2\) failed"):
         registry.create("boom")
     registry.create("hollow")  # create builds anything; build also checks the component's interface
-    with pytest.raises(InvalidComponentError, match="without build, retrieve: not a valid retriever"):
+    with pytest.raises(InvalidComponentError) as caught:
         registry.build("hollow")
+    assert str(caught.value) == (
+        "retriever 'hollow' from plugin 'acme' (rqa-acme==1.2) built a object without build, retrieve: not a "
+        "valid retriever (rqa.contracts.Retriever lists what a retriever needs)"
+    )

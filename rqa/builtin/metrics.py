@@ -13,7 +13,7 @@ import math
 import re
 import string
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from rqa.hookspecs import hookimpl
@@ -70,7 +70,15 @@ def gold_ranks(row: Row) -> list[int]:
 
 
 class Metric:
-    """Accumulates rows; ``compute`` returns named values and ``per_row`` one value per row."""
+    """Accumulates rows; a subclass writes ``per_row`` (``compute`` then averages it over the rows), or
+    ``compute`` itself.
+
+    ``per_row`` is optional (``rqa.contracts.SupportsPerRow``): evaluation's bootstrap intervals need one
+    score per row, so a metric without it reports its values without ``ci95_*`` intervals. It is only
+    declared here, not defined, so that ``hasattr(metric, "per_row")`` tells the truth.
+    """
+
+    per_row: Callable[[Row], dict[str, float]]
 
     def __init__(self) -> None:
         self.rows: list[Row] = []
@@ -78,10 +86,9 @@ class Metric:
     def update(self, rows: Iterable[Row]) -> None:
         self.rows.extend(rows)
 
-    def per_row(self, row: Row) -> dict[str, float]:
-        raise NotImplementedError
-
     def compute(self) -> dict[str, float]:
+        if not hasattr(self, "per_row"):
+            raise NotImplementedError(f"{type(self).__name__} must define per_row or compute")
         scores = [self.per_row(row) for row in self.rows]
         keys = scores[0].keys() if scores else []
         return {key: _mean(s[key] for s in scores) for key in keys}
@@ -219,9 +226,6 @@ def latency() -> Metric:
     Per-question shares of batched work, not single-question timings; see ``LatencyMetric``.
     """
     return LatencyMetric()
-
-
-RETRIEVAL_METRICS = ("retrieval",)
 
 
 @hookimpl

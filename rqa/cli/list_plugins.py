@@ -18,11 +18,17 @@ if TYPE_CHECKING:
 @option("--kind", type=click.Choice(KINDS), help="Show one kind of component only.")
 @option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @option("--strict", is_flag=True, help="Exit with status 1 if any plugin failed to load.")
-def list_plugins(kind: str | None, as_json: bool, strict: bool) -> None:
+@option(
+    "--debug",
+    is_flag=True,
+    help="Trace every plugin hook call and its arguments on stderr (same as RQA_DEBUG_PLUGINS=1).",
+)
+def list_plugins(kind: str | None, as_json: bool, strict: bool, debug: bool) -> None:
     """List every registered component by kind, with the plugin and package that provides it."""
     from rqa.plugins import load_plugins
 
-    plugin_set = load_plugins()  # not get_plugins: its one-line warnings would repeat what is listed here
+    # not get_plugins: its one-line warnings would repeat what is listed here
+    plugin_set = load_plugins(debug=True if debug else None)
     kinds = [kind] if kind else list(KINDS)
     components = [
         {
@@ -37,18 +43,27 @@ def list_plugins(kind: str | None, as_json: bool, strict: bool) -> None:
         for c in plugin_set[k]
     ]
     plugins = [
-        {"name": p.name, "package": p.package, "version": p.version, "ok": p.ok, "error": p.error}
+        {
+            "name": p.name,
+            "package": p.package,
+            "version": p.version,
+            "ok": p.ok,
+            "disabled": p.disabled,
+            "error": p.error,
+        }
         for p in plugin_set.plugins
     ]
     if as_json:
         click.echo(json.dumps({"components": components, "plugins": plugins}, indent=2))
     else:
-        _print_tables(kinds, components, plugin_set.failed)
+        _print_tables(kinds, components, plugin_set.failed, [p for p in plugin_set.plugins if p.disabled])
     if strict and plugin_set.failed:
         raise click.exceptions.Exit(1)
 
 
-def _print_tables(kinds: list[str], components: list[dict], failed: list[PluginInfo]) -> None:
+def _print_tables(
+    kinds: list[str], components: list[dict], failed: list[PluginInfo], disabled: list[PluginInfo]
+) -> None:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -63,6 +78,8 @@ def _print_tables(kinds: list[str], components: list[dict], failed: list[PluginI
             table.add_row(*(Text(cell) for cell in (row["name"], row["plugin"], package, row["description"])))
         console.print(table)
         console.print()
+    for plugin in disabled:
+        console.print(Text(f"{plugin.provider} is disabled (RQA_DISABLE_PLUGINS)", style="yellow"))
     for plugin in failed:
         console.print(Text(f"{plugin.provider} failed to load:", style="bold red"))
         console.print(plugin.error, markup=False, highlight=False)

@@ -1,0 +1,121 @@
+"""CONTRIBUTING.md's plugin examples, installed and run: the guide cannot drift from the code."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from rqa import contracts
+from rqa.plugins import load_plugins
+from rqa.schema import Document, Example, Turn
+
+GUIDE = Path(__file__).resolve().parents[1] / "CONTRIBUTING.md"
+BLOCK = re.compile(r"<!-- plugin: ([a-z0-9][a-z0-9._-]*) -->\n```python\n(.*?)```", re.DOTALL)
+EXPECTED = {  # plugin name -> what its block registers
+    "exact-match": {("metrics", "exact-match")},
+    "focal-loss": {("losses", "focal")},
+    "gemma-format": {("formatters", "gemma"), ("formatters", "plain-qa")},
+    "word-overlap": {("retrievers", "word-overlap")},
+}
+DOCS = [Document("The capital of France is Paris."), Document("Berlin is in Germany."), Document("Rome, Italy.")]
+EXAMPLE = Example(
+    question="What is the capital of France?",
+    gold_answer="Paris",
+    gold_docs=(DOCS[0],),
+    chat_history=(Turn("user", "Hello"), Turn("assistant", "Hi!")),
+)
+
+
+def guide_plugins() -> dict[str, str]:
+    return dict(BLOCK.findall(GUIDE.read_text()))
+
+
+def test_the_guide_has_an_example_for_every_kind():
+    assert set(guide_plugins()) == set(EXPECTED)
+    kinds = {kind for registered in EXPECTED.values() for kind, _ in registered}
+    assert kinds == set(contracts.CONTRACTS)
+
+
+@pytest.fixture
+def installed(make_plugin):
+    return {name: make_plugin(name, source, package=f"rqa-{name}") for name, source in guide_plugins().items()}
+
+
+def test_list_plugins_lists_every_example(installed, run_rqa):
+    result = run_rqa("list-plugins", "--json", "--strict", env={"RQA_LOAD_PLUGINS": ",".join(installed)})
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    for plugin, registered in EXPECTED.items():
+        listed = {(c["kind"], c["name"]) for c in data["components"] if c["plugin"] == plugin}
+        assert listed == registered, plugin
+        assert all(c["description"] for c in data["components"] if c["plugin"] == plugin)
+
+
+def test_every_example_builds_and_satisfies_its_contract(installed):
+    plugin_set = load_plugins()
+    assert plugin_set.failed == [], [p.error for p in plugin_set.failed]
+    for registered in EXPECTED.values():
+        for kind, name in registered:
+            assert contracts.missing_statically(kind, plugin_set[kind].get(name).factory) == []
+            built = plugin_set[kind].build(name, top_k=2)
+            assert contracts.missing(kind, built) == [], (kind, name)
+
+
+def test_the_metric_example_scores_rows(installed):
+    metric = load_plugins()["metrics"].build("exact-match")
+    metric.update(
+        [
+            {"generated_answer": "The Paris!", "gold_answer": "paris"},
+            {"generated_answer": "Berlin", "gold_answer": "Paris"},
+        ]
+    )
+
+    assert metric.compute() == {"gen/exact_match": 0.5}
+    assert isinstance(metric, contracts.SupportsPerRow)
+
+
+def test_the_loss_example_computes_and_matches_cross_entropy_at_gamma_zero(installed):
+    torch = pytest.importorskip("torch")
+    losses = load_plugins()["losses"]
+    logits = torch.randn(5, 11, generator=torch.Generator().manual_seed(0))
+    targets = torch.tensor([1, 2, 3, 4, 5])
+
+    plain = losses.build("focal", {"gamma": "0"})(logits, targets, num_items=10)
+    focal = losses.build("focal", {"gamma": "2"})(logits, targets, num_items=10)
+
+    expected = torch.nn.functional.cross_entropy(logits, targets, reduction="sum") / 10
+    assert plain.item() == pytest.approx(expected.item())
+    assert 0 < focal.item() < plain.item()
+    assert losses.build("focal").supervise == "answer"
+
+
+def test_the_formatter_examples_render_pieces(installed):
+    formatters = load_plugins()["formatters"]
+    for name in ("gemma", "plain-qa"):
+        formatter = formatters.build(name)
+        rendered = formatter.render(EXAMPLE, DOCS[:1], with_answer=True)
+        kinds = [p.kind for p in rendered.pieces]
+        assert kinds.count("answer") == 1 and kinds[-1] == "answer", name
+        assert "reply" in kinds, name
+        assert rendered.answer.endswith(formatter.end_of_turn), name
+        assert "Paris." in rendered.prompt and "Hello" in rendered.prompt
+        prompt_only = formatter.render(EXAMPLE, DOCS[:1], with_answer=False)
+        assert prompt_only.prompt == rendered.prompt, name  # generation starts from the training prompt
+    assert formatters.build("gemma").render(EXAMPLE, DOCS[:1]).text.startswith("<bos><start_of_turn>user\n")
+
+
+def test_the_retriever_example_indexes_reuses_and_retrieves(installed, tmp_path):
+    retrievers = load_plugins()["retrievers"]
+    index_dir = tmp_path / "index"
+
+    assert retrievers.build("word-overlap").build(DOCS, index_dir) is True
+    retriever = retrievers.build("word-overlap")
+    assert retriever.build(DOCS, index_dir) is False  # the saved index matches: reused
+    (hits,) = retriever.retrieve(["capital of France"], 2)
+
+    assert hits[0][0].page_content == DOCS[0].page_content
+    assert len(hits) == 2 and hits[0][1] >= hits[1][1]
