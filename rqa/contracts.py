@@ -5,7 +5,7 @@ component against it, so a plugin that forgets one fails when it is built (``--d
 retrievers) with its name, rather than deep inside a training run. Methods must be callable; annotated
 attributes must exist, and a ``Literal`` or plain-class annotation also constrains the value.
 
-Optional members live in separate protocols (``SupportsPerRow``): the core checks for them with ``hasattr``.
+Optional members live in separate protocols (``SupportsPerRow``), which the core checks with ``isinstance``.
 This module imports nothing heavy, so ``rqa list-plugins`` and ``--dry_run`` stay fast.
 """
 

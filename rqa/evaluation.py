@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rqa.builtin.metrics import gold_ranks, token_prf
+from rqa.contracts import SupportsPerRow
 from rqa.data import ExampleEncoder
 from rqa.files import write_json_atomic, write_jsonl_atomic
 from rqa.generation import RankBatches, generate_answers, lockstep_batches, padding_allowed
 from rqa.progress import Advance, log_finished, progress_bars
 from rqa.schema import Document, Example
+from rqa.scoring import gold_ranks, token_prf
 
 if TYPE_CHECKING:
     from rqa.signals import StopFlag
@@ -290,7 +291,7 @@ def bootstrap_intervals(
     per_row: dict[str, list[float]] = {}
     for factory in metrics.values():
         metric = factory()
-        if not hasattr(metric, "per_row"):
+        if not isinstance(metric, SupportsPerRow):  # per-row values are optional (rqa.contracts)
             continue
         for row in rows:
             for key, value in metric.per_row(row).items():

@@ -8,9 +8,9 @@ import pytest
 from helpers import CONTRACT_METRICS, document, example
 
 from rqa.builtin import metrics
-from rqa.builtin.metrics import normalize_answer, token_prf
 from rqa.evaluation import prediction_row, score_rows
 from rqa.pipeline import metric_factories, metric_names
+from rqa.scoring import normalize_answer, token_prf
 
 
 def docs(*texts: str) -> list[dict]:
