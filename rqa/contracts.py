@@ -79,6 +79,21 @@ class Metric(Protocol):
 
 
 @runtime_checkable
+class RetrieverLoss(Protocol):
+    """Trains an embedder in ``rqa train-retriever``: a ``torch.nn.Module`` that sentence-transformers' trainer calls.
+
+    The factory receives the model it trains as ``model`` (runtime context) and keeps it as ``model``, which
+    the trainer swaps for its wrapped copy. ``sentence_features`` holds the tokenized columns in order:
+    question, gold passage, then a hard negative where the batch has one; ``labels`` is None. It returns a
+    scalar tensor.
+    """
+
+    model: Any
+
+    def __call__(self, sentence_features: Any, labels: Any) -> Any: ...
+
+
+@runtime_checkable
 class SupportsPerRow(Protocol):
     """Optional for metrics: one score per row, used for the bootstrap confidence intervals.
 
@@ -93,6 +108,7 @@ CONTRACTS: dict[str, type] = {
     "losses": Loss,
     "retrievers": Retriever,
     "metrics": Metric,
+    "retriever_losses": RetrieverLoss,
 }
 OPTIONAL: dict[str, tuple[type, ...]] = {"metrics": (SupportsPerRow,)}
 
@@ -162,7 +178,9 @@ def _return_class(factory: Callable[..., Any]) -> type | None:
         annotation = typing.get_type_hints(factory).get("return")
     except Exception:  # an annotation that does not resolve says nothing either way
         return None
-    return annotation if inspect.isclass(annotation) and not getattr(annotation, "_is_protocol", False) else None
+    if annotation is Any or not inspect.isclass(annotation):  # ``Any`` is a class from Python 3.11 on
+        return None
+    return None if getattr(annotation, "_is_protocol", False) else annotation
 
 
 def _wrong_value(name: str, value: Any, annotation: Any) -> str | None:

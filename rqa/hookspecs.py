@@ -40,3 +40,8 @@ def register_retrievers(register: Register) -> None:
 @hookspec
 def register_metrics(register: Register) -> None:
     """Add evaluation metrics: they score prediction rows and return named values."""
+
+
+@hookspec
+def register_retriever_losses(register: Register) -> None:
+    """Add retriever losses for ``rqa train-retriever``: they score a batch of (question, passage...) embeddings."""

@@ -18,7 +18,8 @@ from rqa.registry import parse_component_spec, validate_options
 from rqa.schema import Document, Example, read_documents
 
 log = logging.getLogger("rqa")
-RUNTIME_CONTEXT = frozenset({"tokenizer", "embedding_model", "top_k"})
+# given by the command when it builds a component, never by the user: ``model`` is the embedder a retriever loss trains
+RUNTIME_CONTEXT = frozenset({"tokenizer", "embedding_model", "top_k", "model"})
 
 
 @dataclass

@@ -58,7 +58,7 @@ class PluginInfo:
 
 @dataclass
 class PluginSet:
-    """The four registries, the plugins that filled them, and the plugin manager they are registered with."""
+    """One registry per kind, the plugins that filled them, and the plugin manager they are registered with."""
 
     registries: dict[str, Registry] = field(default_factory=lambda: {k: Registry(k) for k in KINDS})
     plugins: list[PluginInfo] = field(default_factory=list)

@@ -38,12 +38,15 @@ class DenseFaissRetriever(IndexedRetriever):
         batch_size: int = 64,
         normalize: bool = True,
         device: str | None = None,
+        encoder: Any = None,
     ) -> None:
+        """``encoder``: an already loaded SentenceTransformer used as it is (``rqa train-retriever`` evaluates the
+        model it is training this way, indexing in memory with ``index``); else ``embedding_model`` is loaded."""
         super().__init__()
         self.name, self.embedding_model = name, embedding_model
         self.query_prefix, self.passage_prefix = query_prefix, passage_prefix
         self.batch_size, self.normalize, self.device = batch_size, normalize, device
-        self._encoder: Any = None
+        self._encoder: Any = encoder
         self.faiss_index: Any = None
         self._loaded_fingerprint: str | None = None  # the model the loaded index's vectors came from
 

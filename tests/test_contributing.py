@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +21,7 @@ EXPECTED = {  # plugin name -> what its block registers
     "focal-loss": {("losses", "focal")},
     "gemma-format": {("formatters", "gemma"), ("formatters", "plain-qa")},
     "word-overlap": {("retrievers", "word-overlap")},
+    "symmetric-loss": {("retriever_losses", "symmetric")},
 }
 DOCS = [Document("The capital of France is Paris."), Document("Berlin is in Germany."), Document("Rome, Italy.")]
 EXAMPLE = Example(
@@ -27,6 +30,16 @@ EXAMPLE = Example(
     gold_docs=(DOCS[0],),
     chat_history=(Turn("user", "Hello"), Turn("assistant", "Hi!")),
 )
+
+
+@functools.cache
+def embedder() -> Any:
+    """The embedded MiniLM: the model a retriever loss trains."""
+    from sentence_transformers import SentenceTransformer
+
+    from rqa.models import resolve_embedder
+
+    return SentenceTransformer(resolve_embedder(None))
 
 
 def guide_plugins() -> dict[str, str]:
@@ -61,7 +74,7 @@ def test_every_example_builds_and_satisfies_its_contract(installed):
     for registered in EXPECTED.values():
         for kind, name in registered:
             assert contracts.missing_statically(kind, plugin_set[kind].get(name).factory) == []
-            built = plugin_set[kind].build(name, top_k=2)
+            built = plugin_set[kind].build(name, top_k=2, model=embedder())
             assert contracts.missing(kind, built) == [], (kind, name)
 
 

@@ -135,7 +135,13 @@ def test_list_plugins_json_shows_the_plugin_with_the_documented_schema(make_plug
         assert builtins, f"no built-in {kind}"
         assert {c["version"] for c in builtins} == {rqa.__version__}
     builtin_plugins = {p["name"]: p for p in data["plugins"] if p["package"] == "rqa"}
-    assert set(builtin_plugins) == {"rqa-formatters", "rqa-losses", "rqa-retrievers", "rqa-metrics"}
+    assert set(builtin_plugins) == {
+        "rqa-formatters",
+        "rqa-losses",
+        "rqa-retrievers",
+        "rqa-metrics",
+        "rqa-retriever-losses",
+    }
     assert all(p["ok"] and p["error"] is None and p["version"] == rqa.__version__ for p in builtin_plugins.values())
 
 

@@ -16,6 +16,10 @@ from rqa.errors import RqaError
 
 COMMANDS = {
     "train": ("rqa.cli.train:train", "Fine-tune a generator on gold passages, evaluating end to end."),
+    "train-retriever": (
+        "rqa.cli.train_retriever:train_retriever",
+        "Fine-tune the embedding model on the QA files, evaluating retrieval.",
+    ),
     "evaluate": ("rqa.cli.evaluate:evaluate", "Evaluate a saved model end to end."),
     "index": ("rqa.cli.index:index", "Build, or check, the retrieval index of a document database."),
     "list-plugins": ("rqa.cli.list_plugins:list_plugins", "List every registered component by kind."),

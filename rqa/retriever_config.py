@@ -1,0 +1,135 @@
+"""``rqa train-retriever`` arguments: LocalRQA's CTL flags, rqa's own, and every sentence-transformers training flag.
+
+One dataclass subclassing ``SentenceTransformerTrainingArguments`` (itself Hugging Face's ``TrainingArguments``),
+parsed by ``HfArgumentParser`` as ``rqa train`` parses its flags, so LocalRQA's retriever command lines parse
+unchanged and ``--config FILE`` works the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from sentence_transformers import SentenceTransformerTrainingArguments
+from transformers import HfArgumentParser
+
+from rqa.config import _load_config_file
+from rqa.errors import RqaError
+
+POOLING_TYPES = ("mean", "cls", "last")
+# LocalRQA logs retrieval recall as ``eval_retr/document_recall/recall4``; rqa's name is ``eval_retr/recall@4``
+_LOCALRQA_RECALL = re.compile(r"^(?:eval_)?retr/document_recall/recall(\d+)$")
+
+
+def map_metric_name(name: str | None) -> str | None:
+    """rqa's name for a LocalRQA metric name given to ``--metric_for_best_model``; other names pass unchanged."""
+    if name is None:
+        return None
+    match = _LOCALRQA_RECALL.match(name)
+    return f"eval_retr/recall@{match.group(1)}" if match else name
+
+
+@dataclass
+class RqaRetrieverTrainingArguments(SentenceTransformerTrainingArguments):
+    # --- LocalRQA's flags, same names and meaning ---
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Embedding model to fine-tune: a sentence-transformers folder, a plain Hugging Face encoder "
+            "(pooled with --pooling_type), or a Hub id. Default: the embedded all-MiniLM-L6-v2."
+        },
+    )
+    train_file: str | None = field(default=None, metadata={"help": "Training QA file (JSONL)."})
+    eval_file: str | None = field(default=None, metadata={"help": "Evaluation QA file (JSONL)."})
+    test_file: str | None = field(default=None, metadata={"help": "Test QA file, predicted after training."})
+    full_dataset_file_path: str | None = field(
+        default=None,
+        metadata={"help": "Document database (JSONL or LocalRQA .pkl) that evaluation retrieves from."},
+    )
+    pooling_type: str | None = field(
+        default=None,
+        metadata={
+            "help": "Pooling of a plain Hugging Face encoder: mean, cls or last. A sentence-transformers model "
+            "keeps its own. Default: mean."
+        },
+    )
+    hard_neg_ratio: float = field(
+        default=0.05,
+        metadata={"help": "Share of training questions that also get a hard negative from their hard_neg_docs."},
+    )
+    temperature: float | None = field(
+        default=None,
+        metadata={"help": "Softmax temperature of the contrastive loss. Default: the loss's own (0.05, LocalRQA's)."},
+    )
+    # --- rqa's own ---
+    loss: str = field(default="contrastive", metadata={"help": "Retriever loss name (see `rqa list-plugins`)."})
+    loss_option: list[str] = field(default_factory=list, metadata={"help": "Loss option KEY=VALUE."})
+    top_k: int = field(default=4, metadata={"help": "Passages retrieved per question when evaluating."})
+    config: str | None = field(default=None, metadata={"help": "YAML or JSON file holding any of these flags."})
+
+    # Defaults suited to the job (the parents' own are for generic training).
+    output_dir: str | None = field(
+        default="runs/retriever", metadata={"help": "Where the sentence-transformers model and results go."}
+    )
+    learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate."})
+    warmup_steps: float = field(default=0.1, metadata={"help": "Warm-up steps, or a share of all steps when below 1."})
+    eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate: no, steps or epoch."})
+    eval_steps: float | None = field(default=100, metadata={"help": "Evaluate every N steps."})
+    eval_on_start: bool = field(default=True, metadata={"help": "Evaluate the base model at step 0 first."})
+    save_steps: float = field(default=100, metadata={"help": "Save a checkpoint every N steps."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    dataloader_pin_memory: bool | None = field(
+        default=None,
+        metadata={"help": "Pin batches in page-locked memory. Default: on with a CUDA device, off on a CPU."},
+    )
+    batch_sampler: str = field(
+        default="no_duplicates",
+        metadata={"help": "Batch sampler; no_duplicates keeps a question's gold passage out of others' negatives."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.pooling_type is not None and self.pooling_type not in POOLING_TYPES:
+            raise ValueError(f"--pooling_type must be one of {', '.join(POOLING_TYPES)}, got {self.pooling_type!r}")
+        if not 0.0 <= self.hard_neg_ratio <= 1.0:
+            raise ValueError(f"--hard_neg_ratio must be between 0 and 1, got {self.hard_neg_ratio}")
+        if self.temperature is not None and not self.temperature > 0:
+            raise ValueError(f"--temperature must be above 0, got {self.temperature}")
+        if self.top_k < 1:
+            raise ValueError(f"--top_k must be at least 1, got {self.top_k}")
+        self.metric_for_best_model = map_metric_name(self.metric_for_best_model)
+        if self.dataloader_pin_memory is None:  # pinning on a CPU only makes PyTorch warn
+            import torch
+
+            self.dataloader_pin_memory = not self.use_cpu and torch.cuda.is_available()
+        super().__post_init__()
+
+
+def make_parser() -> HfArgumentParser:
+    return HfArgumentParser(RqaRetrieverTrainingArguments, prog="rqa train-retriever")
+
+
+def parse_retriever_args(argv: list[str]) -> RqaRetrieverTrainingArguments:
+    """Parse ``rqa train-retriever`` flags; ``--config FILE`` supplies defaults that the command line overrides."""
+    parser = make_parser()
+    pre, _ = parser.parse_known_args(argv)
+    config_path = getattr(pre, "config", None)
+    if config_path:
+        values: dict[str, Any] = _load_config_file(config_path)
+        known = {f.name for f in fields(RqaRetrieverTrainingArguments)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            import difflib
+
+            hints = [
+                f"'{name}'" + (f" (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(name, known, 1)) else "")
+                for name in unknown
+            ]
+            raise RqaError(f"config file {config_path}: unknown flags {', '.join(hints)}")
+        parser.set_defaults(**values)
+    try:
+        (args,) = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as error:
+        raise RqaError(str(error)) from None
+    return args
