@@ -110,6 +110,17 @@ class RqaTrainingArguments(TrainingArguments):
     max_eval_questions: int | None = field(
         default=None, metadata={"help": "Evaluate on the first N eval questions only (quick checks)."}
     )
+    eval_on_start: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluate the base model before the first training step (step 0: eval/step-0-*, the baseline "
+            "of the final table and report.png). Default: yes whenever the run evaluates end to end while it "
+            "trains (an eval file, --e2e_eval true, --eval_strategy not 'no'); a resumed run never repeats it."
+        },
+    )
+    max_test_questions: int | None = field(
+        default=None, metadata={"help": "Predict the first N test questions only (quick checks)."}
+    )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Start over in an output directory that holds an earlier run."}
     )
@@ -136,6 +147,13 @@ class RqaTrainingArguments(TrainingArguments):
     eval_steps: float | None = field(default=100, metadata={"help": "Evaluate every N steps."})
     save_steps: float = field(default=100, metadata={"help": "Save a checkpoint every N steps."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    dataloader_pin_memory: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Pin batches in page-locked memory for faster copies to the GPU. Default: on when training "
+            "on a CUDA or XPU device, off on a CPU (where PyTorch would only warn that it cannot pin)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.warmup_ratio is not None:
@@ -144,6 +162,10 @@ class RqaTrainingArguments(TrainingArguments):
             self.eval_strategy = self.evaluation_strategy
         if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_accelerator():
             self.use_cpu = True  # accelerate sets up multi-process CPU training (gloo) only when asked for the CPU
+        if self.dataloader_pin_memory is None:  # not chosen: pin only where batches are copied to an accelerator
+            self.dataloader_pin_memory = not self.use_cpu and _has_accelerator()
+        if self.max_test_questions is not None and self.max_test_questions < 1:
+            raise ValueError(f"--max_test_questions must be at least 1, got {self.max_test_questions}")
         super().__post_init__()
 
     def resolved_formatter(self) -> str:
@@ -177,7 +199,28 @@ def _load_config_file(path: str) -> dict[str, Any]:
 
 
 def make_parser() -> HfArgumentParser:
-    return HfArgumentParser(RqaTrainingArguments, prog="rqa train")
+    parser = HfArgumentParser(RqaTrainingArguments, prog="rqa train")
+    _keep_pin_memory_spellings(parser)
+    return parser
+
+
+def _keep_pin_memory_spellings(parser: HfArgumentParser) -> None:
+    """Hugging Face's bare ``--dataloader_pin_memory`` and ``--no_dataloader_pin_memory`` keep working.
+
+    The parser gives those spellings only to booleans that default to True; here the default is None (decided by
+    the device), and scripts written for ``TrainingArguments`` must still parse.
+    """
+    for action in parser._actions:
+        if action.dest == "dataloader_pin_memory":
+            action.nargs, action.const = "?", True
+    parser.add_argument(
+        "--no_dataloader_pin_memory",
+        "--no-dataloader-pin-memory",
+        action="store_false",
+        dest="dataloader_pin_memory",
+        default=None,
+        help="Do not pin batches (same as --dataloader_pin_memory false).",
+    )
 
 
 def parse_train_args(argv: list[str]) -> RqaTrainingArguments:

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from rqa.config import RqaTrainingArguments
-from rqa.display import print_scores
+from rqa.display import print_run_summary
 from rqa.errors import RqaError
 from rqa.files import write_json_atomic
 from rqa.pipeline import ComponentChoice, build_retriever, choose, choose_all, load_database, metric_names
 from rqa.schema import Document, Example, read_examples
-from rqa.signals import StopOnSignal
+from rqa.signals import StopOnSignal, StopRequested
 
 log = logging.getLogger("rqa")
 
@@ -167,13 +167,15 @@ def run_training(args: RqaTrainingArguments, console: Any) -> dict[str, Path]:
             "top_k": args.top_k,
             "max_new_tokens": args.max_new_tokens,
             "batch_size": args.per_device_eval_batch_size,
+            "quiet": args.disable_tqdm,
         }
         if plan.eval and args.e2e_eval:
             questions = plan.eval[: args.max_eval_questions] if args.max_eval_questions else plan.eval
             evaluator = E2EEvaluator(questions, output_dir=output_dir / "eval", **common)
         if plan.test:
-            test_evaluator = E2EEvaluator(plan.test, output_dir=output_dir, **common)
+            test_evaluator = E2EEvaluator(plan.test[: args.max_test_questions], output_dir=output_dir, **common)
 
+    args.eval_on_start = _evaluates_on_start(args, eval_data is not None, evaluator is not None)
     trainer = RqaTrainer(
         model=model,
         args=args,
@@ -189,7 +191,14 @@ def run_training(args: RqaTrainingArguments, console: Any) -> dict[str, Path]:
         write_json_atomic(output_dir / "rqa_args.json", _resolved_args(args, plan, model_path))
     stop = StopOnSignal()
     trainer.add_callback(stop)
-    trainer.train(resume_from_checkpoint=_resume_path(args))
+    try:
+        trainer.train(resume_from_checkpoint=_resume_path(args))
+    except StopRequested:  # during the base model's evaluation at step 0: nothing trained, nothing to save
+        stop.restore()
+        raise RqaError(
+            f"stopped by {stop.received} while evaluating the base model (step 0), before training; nothing "
+            "was saved: run the same command again to start over"
+        ) from None
     if stop.received:
         raise RqaError(
             f"stopped by {stop.received} at step {trainer.state.global_step}; a checkpoint was saved in "
@@ -198,27 +207,52 @@ def run_training(args: RqaTrainingArguments, console: Any) -> dict[str, Path]:
     trainer.save_model(str(output_dir))
     trainer.save_state()
     results = {"model": output_dir, "trainer_state": output_dir / "trainer_state.json"}
+    test_scores = None
     if test_evaluator is not None:
-        scores = test_evaluator.evaluate_model(trainer.model, name="test", is_main=is_main)
+        try:
+            with stop.installed():  # SIGTERM or Ctrl-C abandons the test predictions too
+                scores = test_evaluator.evaluate_model(trainer.model, name="test", is_main=is_main, stop=stop)
+        except StopRequested:
+            raise RqaError(
+                f"stopped by {stop.received} while predicting the test file; the trained model is saved in "
+                f"{output_dir}: predict it with rqa evaluate --model {output_dir} --data {args.test_file}"
+            ) from None
         trainer.log({f"test_{k}": v for k, v in scores.items()})
         trainer.save_state()
         results["test_predictions"] = output_dir / "test-predictions.jsonl"
         results["test_metrics"] = output_dir / "test-metrics.json"
-        if is_main:
-            print_scores(console, scores, "test")
+        test_scores = scores
     if (output_dir / "eval").is_dir():
         results["eval"] = output_dir / "eval"
     if not is_main:
         return {}  # the main process reports
-    picture = plot_run(trainer.state.log_history, output_dir / "report.png", top_k=args.top_k)
+    history = trainer.state.log_history
+    picture = plot_run(history, output_dir / "report.png", top_k=args.top_k, eval_dir=output_dir / "eval")
     if picture is not None:
         results["report"] = picture
+    # the saved model is the best checkpoint's with --load_best_model_at_end, else the last step's
+    final_step = trainer.state.best_global_step if args.load_best_model_at_end else trainer.state.global_step
+    print_run_summary(console, history, args.top_k, test_scores, final_step)
     return results
 
 
+def _evaluates_on_start(args: RqaTrainingArguments, has_eval_data: bool, has_e2e: bool) -> bool:
+    """Whether to evaluate the base model at step 0: the baseline every later evaluation is compared with.
+
+    Left unset, whenever the run evaluates end to end while it trains; asked for, whenever there is anything to
+    evaluate (the eval loss alone without ``--e2e_eval``).
+    """
+    if args.eval_on_start is None:
+        return has_e2e and args.eval_strategy != "no"
+    return bool(args.eval_on_start) and (has_eval_data or has_e2e)
+
+
 def _prepare_retriever(args: RqaTrainingArguments, plan: TrainPlan, output_dir: Path) -> Any:
+    from rqa.progress import quiet_progress
+
     documents = plan.documents or load_database(None, [*plan.train, *plan.eval, *plan.test])
-    with args.main_process_first(desc="building the retrieval index"):  # one process builds, the rest reuse
+    # one process builds, the rest reuse
+    with args.main_process_first(desc="building the retrieval index"), quiet_progress(args.disable_tqdm):
         return build_retriever(
             plan.retriever,
             documents,
@@ -242,45 +276,12 @@ def _training_context(args: RqaTrainingArguments, plan: TrainPlan, retriever: An
     return lambda example, index: raft.passages(example, index, candidates(example))
 
 
-def packing_keeps_examples_apart(model: Any) -> bool:
-    """Whether this model's attention separates packed examples by their restarting position ids.
-
-    flash-attention 2 does it through its variable-length kernel, rqa's packed SDPA by attending within each
-    example; SDPA and eager do it where transformers derives a block-diagonal mask from the position ids (its
-    ``find_packed_sequence_indices``).
-    """
-    from rqa.attention import PACKED_SDPA
-
-    implementation = getattr(model.config, "_attn_implementation", "")
-    if implementation in ("flash_attention_2", PACKED_SDPA):
-        return True
-    try:
-        from transformers.masking_utils import find_packed_sequence_indices  # noqa: F401
-    except ImportError:
-        return False
-    return implementation in ("sdpa", "eager")
-
-
 def _collator(args: RqaTrainingArguments, model: Any, tokenizer: Any) -> Any:
-    """Packed batches where attention keeps examples apart, padded ones elsewhere.
-
-    Packing under SDPA switches the model to rqa's packed SDPA, which attends within each example instead of
-    masking a whole-row score matrix (same outputs; padded batches, as in evaluation, still get plain SDPA).
-    """
-    from rqa.attention import register_packed_sdpa
-    from rqa.data import PackingCollator, PaddingCollator
+    from rqa.packing import choose_collator
 
     # on a GPU, rows of a few repeating lengths keep kernel look-ups cached (see PackingCollator)
     multiple = 64 if args.device.type == "cuda" else None
-    packed = args.padding_free == "true" or (args.padding_free == "auto" and packing_keeps_examples_apart(model))
-    if not packed:
-        return PaddingCollator(tokenizer.pad_token_id, pad_to_multiple_of=multiple)
-    if model.config._attn_implementation == "sdpa":
-        model.set_attn_implementation(register_packed_sdpa())
-        log.info("padding-free batches: each batch is packed into one row; SDPA attends within each example")
-    else:
-        log.info("padding-free batches: each batch is packed into one row")
-    return PackingCollator(tokenizer.pad_token_id, pad_to_multiple_of=multiple)
+    return choose_collator(args.padding_free, model, tokenizer.pad_token_id, pad_to_multiple_of=multiple)
 
 
 def save_host_memory(args: RqaTrainingArguments) -> None:

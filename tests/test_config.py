@@ -134,3 +134,42 @@ def test_bf16_on_a_cpu_that_emulates_it_is_flagged(monkeypatch, caplog, avx512_b
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
     warn_if_bf16_is_emulated(parse_train_args(["--use_cpu", "true", "--bf16", bf16]))
     assert ("bf16 matrix products are emulated" in caplog.text) is warned
+
+
+@pytest.mark.parametrize(
+    ("flags", "accelerator", "pinned"),
+    [
+        ([], False, False),  # a CPU: PyTorch cannot pin and would warn for every DataLoader
+        ([], True, True),  # a GPU: pinned batches copy faster
+        (["--use_cpu", "true"], True, False),
+        (["--dataloader_pin_memory", "true"], False, True),  # an explicit choice stands
+        (["--dataloader_pin_memory", "false"], True, False),
+        (["--dataloader_pin_memory"], False, True),  # Hugging Face's spellings still parse
+        (["--no_dataloader_pin_memory"], True, False),
+        (["--no-dataloader-pin-memory"], True, False),
+    ],
+)
+def test_pin_memory_follows_the_device_unless_chosen(monkeypatch, flags, accelerator, pinned) -> None:
+    import rqa.config
+
+    monkeypatch.setattr(rqa.config, "_has_accelerator", lambda: accelerator)
+    assert parse_train_args(flags).dataloader_pin_memory is pinned
+
+
+def test_pin_memory_choice_in_a_config_file_stands(tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("dataloader_pin_memory: true\n")
+    assert parse_train_args(["--config", str(config)]).dataloader_pin_memory is True
+
+
+def test_max_test_questions_parses_and_must_be_positive() -> None:
+    assert parse_train_args([]).max_test_questions is None
+    assert parse_train_args(["--max-test-questions", "3"]).max_test_questions == 3
+    with pytest.raises(RqaError, match="--max_test_questions must be at least 1, got 0"):
+        parse_train_args(["--max_test_questions", "0"])
+
+
+def test_example_config_writes_no_periodic_checkpoints() -> None:
+    """Each checkpoint of the example's 135M model with AdamW's state is about 1.6 GB: `make run` keeps none."""
+    args = parse_train_args(["--config", str(ROOT / "example" / "config.yaml")])
+    assert args.save_strategy == "no" and args.eval_strategy == "steps" and args.eval_steps == 11

@@ -142,6 +142,14 @@ def tiny_evaluator(quiet: bool) -> tuple[Any, Any]:
     return evaluator, tiny_model(tokenizer, seed=1)
 
 
+@pytest.fixture(autouse=True)
+def _plain_rqa_logger(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commands run in-process earlier may have given the rqa logger a console handler; these tests read stdout."""
+    logger = logging.getLogger("rqa")
+    monkeypatch.setattr(logger, "handlers", [])
+    monkeypatch.setattr(logger, "propagate", True)
+
+
 @pytest.mark.parametrize("quiet", [True, False], ids=["quiet", "drawn"])
 def test_an_evaluation_draws_a_bar_unless_quiet_and_logs_one_summary(
     quiet: bool,

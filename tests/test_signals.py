@@ -166,6 +166,7 @@ def train_args(model: Path, output: Path, *extra: str) -> list[str]:
         "--save_steps", "100",
         "--max_new_tokens", "512",  # the random model rarely ends an answer: minutes of decoding
         "--per_device_eval_batch_size", "1",
+        "--eval_on_start", "false",  # the evaluations these tests interrupt come later
         *extra,
     ]  # fmt: skip
 

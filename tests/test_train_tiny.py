@@ -79,11 +79,77 @@ def test_two_processes_shard_evaluation_and_write_each_file_once(
     command = [str(BIN / LAUNCHERS[launcher][0]), *LAUNCHERS[launcher][1:], str(BIN / "rqa")]
     result = run([*command, *train_args(tiny_model_dir, output)])
     assert result.stdout.count("Done. Results:") == 1  # only the main process reports
-    for path in (output / "eval" / "step-2-predictions.jsonl", output / "eval" / "step-4-predictions.jsonl"):
+    for step in (0, 2, 4):  # step 0: the base model, evaluated before training by default
+        path = output / "eval" / f"step-{step}-predictions.jsonl"
         questions = [row["question"] for row in read_jsonl(path)]
         assert len(questions) == 10 and len(set(questions)) == 10  # every question once, none twice
     test_rows = read_jsonl(output / "test-predictions.jsonl")
     expected = [json.loads(line)["question"] for line in (EXAMPLE / "test_w_qa.jsonl").read_text().splitlines()]
     assert [row["question"] for row in test_rows] == expected  # gathered back in input order
     state = json.loads((output / "trainer_state.json").read_text())
-    assert sum("eval_gen/f1" in entry for entry in state["log_history"]) == 2
+    assert sum("eval_gen/f1" in entry for entry in state["log_history"]) == 3
+
+
+def eval_entries(output: Path, step: int) -> list[dict]:
+    history = json.loads((output / "trainer_state.json").read_text())["log_history"]
+    return [entry for entry in history if entry["step"] == step and "eval_gen/f1" in entry]
+
+
+def test_the_base_model_is_evaluated_at_step_0_compared_at_the_end_and_not_again_on_resume(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "run"
+    result = run([str(BIN / "rqa"), *train_args(tiny_model_dir, output, "--eval_on_start", "true")])
+    assert {path.name for path in (output / "eval").glob("step-0-*")} == {
+        "step-0-predictions.jsonl",
+        "step-0-metrics.json",
+    }
+    assert len(eval_entries(output, 0)) == 1
+    step_0 = json.loads((output / "eval" / "step-0-metrics.json").read_text())
+    assert eval_entries(output, 0)[0]["eval_gen/f1"] == step_0["gen/f1"]
+    text = " ".join(result.stdout.split())
+    assert "eval set, 10 questions: base model (step 0) → fine-tuned (step 4)" in text
+    assert text.index("base model (step 0)") < text.index("test metrics") < text.index("What the numbers mean")
+    assert "retr/recall@4 share of questions whose every gold passage is among the 4 retrieved" in text
+    results = result.stdout[result.stdout.index("Done. Results:") :].splitlines()[1:]
+    assert results[0].split()[:2] == ["report", str(output / "report.png")]
+    assert (output / "report.png").stat().st_size > 10_000
+
+    # resuming continues from the checkpoint: its step (4) is not evaluated again, nor is step 0
+    resumed = run([str(BIN / "rqa"), *train_args(tiny_model_dir, output, "--eval_on_start", "true", "--max_steps",
+                                                 "6", "--resume_from_checkpoint", "latest")])  # fmt: skip
+    assert len(eval_entries(output, 0)) == 1 and len(eval_entries(output, 4)) == 1 and eval_entries(output, 6)
+    assert "base model (step 0) → fine-tuned (step 6)" in " ".join(resumed.stdout.split())
+
+
+def test_sigterm_while_evaluating_the_base_model_stops_before_training_and_saves_nothing(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import signal
+    import time
+
+    rows = [json.loads(line) for line in (EXAMPLE / "eval_w_qa.jsonl").read_text().splitlines() if line.strip()]
+    questions = tmp_path / "eval.jsonl"  # 40 questions of up to 512 new tokens each: minutes of evaluation
+    questions.write_text("".join(json.dumps({**rows[i % len(rows)], "question": f"q{i}"}) + "\n" for i in range(40)))
+    output, log = tmp_path / "run", tmp_path / "output.txt"
+    command = [
+        str(BIN / "rqa"), *train_args(tiny_model_dir, output, "--eval_on_start", "true", "--eval_file", str(questions),
+                                      "--max_new_tokens", "512", "--per_device_eval_batch_size", "1"),
+    ]  # fmt: skip
+    with log.open("w") as sink:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 240
+        while "evaluation step-0: generating answers" not in " ".join(log.read_text().split()):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        time.sleep(1)  # inside the generation
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=120)  # a guard against a hang, not a timing
+        finally:
+            process.kill()
+    text = " ".join(log.read_text().split())
+    assert process.returncode == 1, text[-3000:]
+    assert "stopped by SIGTERM while evaluating the base model (step 0), before training" in text
+    assert not list(output.glob("checkpoint-*"))  # nothing was trained, so nothing was saved
+    assert not (output / "eval" / "step-0-predictions.jsonl").exists()

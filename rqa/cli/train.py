@@ -4,6 +4,17 @@ from __future__ import annotations
 
 import click
 
+# the closing list of results: what to open first on top, each with what it holds
+OPEN_FIRST = ("report", "test_predictions", "eval", "test_metrics", "model", "trainer_state")
+WHAT = {
+    "report": "the run in one picture: loss, metrics over steps, test result, where answers fail",
+    "test_predictions": "every test answer with its retrieved passages and a diagnosis",
+    "eval": "step-N-predictions.jsonl and step-N-metrics.json per evaluation (step 0: the base model)",
+    "test_metrics": "the test metrics above, with 95 % intervals",
+    "model": "the fine-tuned model: pass this folder to rqa evaluate, ask or chat as --model",
+    "trainer_state": "the training history (log_history: every logged loss and metric)",
+}
+
 
 @click.command(
     "train",
@@ -32,5 +43,8 @@ def train(ctx: click.Context) -> None:
     results = run_training(args, console)
     if results:
         console.print("[bold green]Done.[/] Results:")
-        for label, path in results.items():  # plain lines: paths must not be wrapped or styled
-            click.echo(f"  {label:<17} {path}")
+        order = {label: rank for rank, label in enumerate(OPEN_FIRST)}
+        width = max(len(str(path)) for path in results.values())
+        for label, path in sorted(results.items(), key=lambda item: order.get(item[0], len(order))):
+            # plain lines: paths must not be wrapped or styled
+            click.echo(f"  {label:<17} {path!s:<{width}}  {WHAT.get(label, '')}".rstrip())
