@@ -93,6 +93,7 @@ class Bars:
 
         def advance(count: int) -> None:
             progress.update(task, advance=count, updated=progress.get_time())
+            progress.refresh()  # once a batch: the new count shows at once, even when batches are quick
 
         return advance
 
