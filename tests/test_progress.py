@@ -144,10 +144,14 @@ def tiny_evaluator(quiet: bool) -> tuple[Any, Any]:
 
 @pytest.fixture(autouse=True)
 def _plain_rqa_logger(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Commands run in-process earlier may have given the rqa logger a console handler; these tests read stdout."""
+    """Commands run in-process earlier may have given the rqa logger a console handler, or made rich's global
+    console under another environment; these tests read stdout."""
     logger = logging.getLogger("rqa")
     monkeypatch.setattr(logger, "handlers", [])
     monkeypatch.setattr(logger, "propagate", True)
+    import rich
+
+    monkeypatch.setattr(rich, "_console", None)  # rich's global console, made anew under this test's environment
 
 
 @pytest.mark.parametrize("quiet", [True, False], ids=["quiet", "drawn"])
