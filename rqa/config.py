@@ -225,12 +225,16 @@ def _keep_pin_memory_spellings(parser: HfArgumentParser) -> None:
 
 def parse_train_args(argv: list[str]) -> RqaTrainingArguments:
     """Parse ``rqa train`` flags; ``--config FILE`` supplies defaults that the command line overrides."""
-    parser = make_parser()
+    return parse_with_config(make_parser(), RqaTrainingArguments, argv)
+
+
+def parse_with_config(parser: Any, arguments_class: type, argv: list[str] | None) -> Any:
+    """Parse ``argv`` into ``arguments_class``; a ``--config`` file's values become defaults that flags override."""
     pre, _ = parser.parse_known_args(argv)
     config_path = getattr(pre, "config", None)
     if config_path:
         values = _load_config_file(config_path)
-        known = {f.name for f in fields(RqaTrainingArguments)}
+        known = {f.name for f in fields(arguments_class)}
         unknown = sorted(set(values) - known)
         if unknown:
             import difflib

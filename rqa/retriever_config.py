@@ -8,14 +8,12 @@ unchanged and ``--config FILE`` works the same way.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
 from sentence_transformers import SentenceTransformerTrainingArguments
 from transformers import HfArgumentParser
 
-from rqa.config import _load_config_file
-from rqa.errors import RqaError
+from rqa.config import parse_with_config
 
 POOLING_TYPES = ("mean", "cls", "last")
 # LocalRQA logs retrieval recall as ``eval_retr/document_recall/recall4``; rqa's name is ``eval_retr/recall@4``
@@ -112,24 +110,4 @@ def make_parser() -> HfArgumentParser:
 
 def parse_retriever_args(argv: list[str]) -> RqaRetrieverTrainingArguments:
     """Parse ``rqa train-retriever`` flags; ``--config FILE`` supplies defaults that the command line overrides."""
-    parser = make_parser()
-    pre, _ = parser.parse_known_args(argv)
-    config_path = getattr(pre, "config", None)
-    if config_path:
-        values: dict[str, Any] = _load_config_file(config_path)
-        known = {f.name for f in fields(RqaRetrieverTrainingArguments)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            import difflib
-
-            hints = [
-                f"'{name}'" + (f" (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(name, known, 1)) else "")
-                for name in unknown
-            ]
-            raise RqaError(f"config file {config_path}: unknown flags {', '.join(hints)}")
-        parser.set_defaults(**values)
-    try:
-        (args,) = parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as error:
-        raise RqaError(str(error)) from None
-    return args
+    return parse_with_config(make_parser(), RqaRetrieverTrainingArguments, argv)
