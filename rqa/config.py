@@ -1,16 +1,20 @@
 """``rqa train`` arguments: LocalRQA's flags, rqa's own, and every Hugging Face ``TrainingArguments`` flag.
 
 One dataclass subclassing ``TrainingArguments`` (as TRL's ``SFTConfig`` does), parsed by
-``HfArgumentParser``: the parser LocalRQA's scripts use, so their command lines parse unchanged.
+``HfArgumentParser``: the parser LocalRQA's scripts use, so their command lines parse unchanged. Closed options
+are ``Literal`` types: ``--help`` lists their values, the parser refuses others, and ``__post_init__`` checks
+values that come from a ``--config`` file or from code, which the parser does not see.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NoReturn
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
@@ -18,6 +22,9 @@ from transformers import HfArgumentParser, TrainingArguments
 from rqa.errors import RqaError
 
 PREFIX_FLAGS = ("user_prefix", "assistant_prefix", "sep_user", "sep_sys")
+PaddingFree = Literal["auto", "true", "false"]
+TrainContext = Literal["gold", "raft"]
+RaftSource = Literal["hard-negatives", "retriever"]
 
 
 @dataclass
@@ -75,7 +82,7 @@ class RqaTrainingArguments(TrainingArguments):
     supervise_history: bool = field(
         default=False, metadata={"help": "Also train on earlier assistant turns of the chat history."}
     )
-    padding_free: str = field(
+    padding_free: PaddingFree = field(
         default="auto",
         metadata={
             "help": "Pack each batch into one row without padding: 'true', 'false', or 'auto' (whenever the "
@@ -83,7 +90,7 @@ class RqaTrainingArguments(TrainingArguments):
             "within each example, or eager with position-id masks)."
         },
     )
-    train_context: str = field(
+    train_context: TrainContext = field(
         default="gold",
         metadata={
             "help": "Passages shown in training: 'gold' (gold passages only, LocalRQA's SFT) or 'raft' (gold "
@@ -94,7 +101,7 @@ class RqaTrainingArguments(TrainingArguments):
     raft_keep_gold: float = field(
         default=0.8, metadata={"help": "Share of 'raft' examples that keep their gold passage."}
     )
-    raft_source: str = field(
+    raft_source: RaftSource = field(
         default="hard-negatives",
         metadata={"help": "Where distractors come from: 'hard-negatives' (the records') or 'retriever'."},
     )
@@ -160,12 +167,13 @@ class RqaTrainingArguments(TrainingArguments):
             self.warmup_steps = self.warmup_ratio
         if self.evaluation_strategy is not None:
             self.eval_strategy = self.evaluation_strategy
-        if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_accelerator():
-            self.use_cpu = True  # accelerate sets up multi-process CPU training (gloo) only when asked for the CPU
-        if self.dataloader_pin_memory is None:  # not chosen: pin only where batches are copied to an accelerator
-            self.dataloader_pin_memory = not self.use_cpu and _has_accelerator()
+        settle_devices(self)
+        settle_progress(self)
         if self.max_test_questions is not None and self.max_test_questions < 1:
             raise ValueError(f"--max_test_questions must be at least 1, got {self.max_test_questions}")
+        if isinstance(self.padding_free, bool):  # YAML reads `padding_free: true` as a boolean
+            self.padding_free = "true" if self.padding_free else "false"
+        check_choices(self)
         super().__post_init__()
 
     def resolved_formatter(self) -> str:
@@ -175,6 +183,47 @@ class RqaTrainingArguments(TrainingArguments):
 
     def prefix_options(self) -> dict[str, str]:
         return {f: getattr(self, f) for f in PREFIX_FLAGS if getattr(self, f) is not None}
+
+
+def check_choices(arguments: Any) -> None:
+    """Every ``Literal`` field of the ``arguments`` dataclass holds one of its values (else a ``ValueError``)."""
+    for name, allowed in closed_options(type(arguments)).items():
+        value = getattr(arguments, name)
+        if value not in allowed:
+            raise ValueError(f"--{name} must be one of {', '.join(map(str, allowed))}, got '{value}'")
+
+
+@functools.cache
+def closed_options(arguments_class: type) -> dict[str, tuple[Any, ...]]:
+    """The fields of ``arguments_class`` typed as a ``Literal``, with their values."""
+    hints = typing.get_type_hints(arguments_class)
+    return {
+        item.name: typing.get_args(hints[item.name])
+        for item in fields(arguments_class)
+        if typing.get_origin(hints[item.name]) is Literal
+    }
+
+
+def settle_devices(args: Any) -> None:
+    """Device choices that depend on this machine, for ``rqa train`` and ``rqa train-retriever`` alike.
+
+    Several processes on a machine without an accelerator train on the CPU over gloo, which accelerate sets up only
+    when asked for the CPU; batches are pinned only where they are copied to an accelerator (on a CPU, PyTorch
+    would only warn that it cannot pin).
+    """
+    if not args.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_accelerator():
+        args.use_cpu = True
+    if args.dataloader_pin_memory is None:
+        args.dataloader_pin_memory = not args.use_cpu and _has_accelerator()
+
+
+def settle_progress(args: Any) -> None:
+    """The Trainer's own progress bars follow rqa's rule (``rqa.progress``): drawn on a terminal, left out of logs,
+    where a redraw per step would fill the file; the logged numbers are printed either way."""
+    if args.disable_tqdm is None:
+        from rqa.progress import is_interactive
+
+        args.disable_tqdm = not is_interactive()
 
 
 def _has_accelerator() -> bool:
@@ -229,7 +278,16 @@ def parse_train_args(argv: list[str]) -> RqaTrainingArguments:
 
 
 def parse_with_config(parser: Any, arguments_class: type, argv: list[str] | None) -> Any:
-    """Parse ``argv`` into ``arguments_class``; a ``--config`` file's values become defaults that flags override."""
+    """Parse ``argv`` into ``arguments_class``; a ``--config`` file's values become defaults that flags override.
+
+    A flag the parser refuses (a value outside its choices, a number that is not one) is one ``RqaError`` line,
+    not argparse's usage of several hundred flags.
+    """
+
+    def refuse(message: str) -> NoReturn:
+        raise RqaError(f"{parser.prog}: {message}")
+
+    parser.error = refuse  # type: ignore[method-assign]
     pre, _ = parser.parse_known_args(argv)
     config_path = getattr(pre, "config", None)
     if config_path:

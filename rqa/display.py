@@ -1,10 +1,19 @@
-"""Rich output shared by the commands."""
+"""Rich output shared by the commands.
+
+Which keys are headline metrics and what they mean comes from the metrics (``rqa.contracts.KeyInfo``): pass the
+run's ``rqa.scoring.run_key_info``; without it, every installed metric's is used.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from rqa.scoring import glossary_keys, headline_keys, run_key_info
+
+if TYPE_CHECKING:
+    from rqa.contracts import KeyInfo
 
 
 def make_console() -> Any:
@@ -22,25 +31,6 @@ def setup_logging(console: Any, level: int = logging.INFO) -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(level)
     logger.propagate = False
-
-
-def headline_metrics(top_k: int) -> list[str]:
-    """The metrics a run is judged by first: answer quality, then whether retrieval found the gold passages."""
-    return ["gen/f1", "gen/rougeL", "retr/recall@1", f"retr/recall@{top_k}"]
-
-
-def metric_meaning(key: str) -> str:
-    """One line per headline metric, for readers who have not met these names before."""
-    if key.startswith("retr/recall@"):
-        k = key.removeprefix("retr/recall@")
-        if k == "1":
-            return "share of questions whose gold passage is the first one retrieved"
-        return f"share of questions whose every gold passage is among the {k} retrieved"
-    return {
-        "gen/f1": "token overlap with the gold answer (SQuAD-normalised)",
-        "gen/rougeL": "longest common word sequence with the gold answer (ROUGE-L F-measure)",
-        "retr/accuracy": "share of the retrieved passages that are gold",
-    }.get(key, "")
 
 
 def interval(scores: Mapping[str, float], key: str, prefix: str = "") -> tuple[float, float] | None:
@@ -76,7 +66,11 @@ def evaluations_by_step(log_history: Sequence[Mapping[str, Any]], prefix: str = 
 
 
 def print_comparison(
-    console: Any, log_history: Sequence[Mapping[str, Any]], top_k: int, final_step: int | None = None
+    console: Any,
+    log_history: Sequence[Mapping[str, Any]],
+    top_k: int,
+    final_step: int | None = None,
+    info: Mapping[str, KeyInfo] | None = None,
 ) -> bool:
     """The eval set's headline metrics at the first evaluation (step 0: the base model) and at ``final_step``.
 
@@ -91,7 +85,8 @@ def print_comparison(
     first = min(steps)
     last = final_step if final_step in steps and final_step != first else max(steps)
     before, after = steps[first], steps[last]
-    keys = [key for key in headline_metrics(top_k) if key in before and key in after]
+    headline = headline_keys(run_key_info(None, top_k) if info is None else info)
+    keys = [key for key in headline if key in before and key in after]
     if not keys:
         return False
     first_name = "base model (step 0)" if first == 0 else f"step {first}"
@@ -116,20 +111,24 @@ def _with_interval(scores: Mapping[str, float], key: str) -> str:
     return f"{scores[key]:.3f}" + (f" ({bounds[0]:.3f}–{bounds[1]:.3f})" if bounds else "")
 
 
-def print_glossary(console: Any, keys: Sequence[str]) -> None:
-    """What each headline metric means, one line each: the tables above use bare metric names."""
+def print_glossary(console: Any, keys: Sequence[str], info: Mapping[str, KeyInfo]) -> None:
+    """What each metric with a description means, one line each: the tables above use bare metric names."""
     from rich.padding import Padding
     from rich.table import Table
 
-    shown = [key for key in keys if metric_meaning(key)]
+    shown = [key for key in keys if key in info and info[key].description]
     if not shown:
         return
-    console.print("[bold]What the numbers mean[/] (all 0–1, higher is better; every key in the README)")
+    if all(info[key].higher_is_better for key in shown):
+        console.print("[bold]What the numbers mean[/] (all 0–1, higher is better; every key in the README)")
+    else:
+        console.print("[bold]What the numbers mean[/] (higher is better unless a line says otherwise)")
     grid = Table.grid(padding=(0, 2))
     grid.add_column(no_wrap=True)
     grid.add_column()
     for key in shown:
-        grid.add_row(key, metric_meaning(key))
+        direction = {False: " (lower is better)", None: " (neither way is better)"}
+        grid.add_row(key, info[key].description + direction.get(info[key].higher_is_better, ""))
     grid.add_row("(low–high)", "95 % bootstrap interval over the questions: a change smaller than it may be noise")
     console.print(Padding(grid, (0, 0, 0, 2)), highlight=False)
 
@@ -140,13 +139,17 @@ def print_run_summary(
     top_k: int,
     test_scores: Mapping[str, float] | None = None,
     final_step: int | None = None,
+    info: Mapping[str, KeyInfo] | None = None,
 ) -> None:
-    """The end of ``rqa train``: base model → fine-tuned on the eval set, the test metrics, what they mean."""
-    compared = print_comparison(console, log_history, top_k, final_step)
+    """The end of ``rqa train``: base model → fine-tuned on the eval set, the test metrics, what they mean.
+
+    ``info``: what the run's metric keys mean (``rqa.scoring.run_key_info``); by default, every installed metric's.
+    """
+    info = run_key_info(None, top_k) if info is None else info
+    compared = print_comparison(console, log_history, top_k, final_step, info)
     if test_scores:
         print_scores(console, dict(test_scores), "test")
     evaluated = evaluations_by_step(log_history)
     if compared or test_scores or evaluated:
         present = {key for scores in [*evaluated.values(), test_scores or {}] for key in scores}
-        glossary = [*headline_metrics(top_k), "retr/accuracy"]
-        print_glossary(console, [key for key in glossary if key in present])
+        print_glossary(console, [key for key in glossary_keys(info) if key in present], info)

@@ -31,7 +31,7 @@ from rqa.files import write_json_atomic, write_jsonl_atomic
 from rqa.generation import RankBatches, generate_answers, lockstep_batches, padding_allowed
 from rqa.progress import Advance, log_finished, progress_bars
 from rqa.schema import Document, Example
-from rqa.scoring import gold_ranks, token_prf
+from rqa.scoring import gold_ranks, grounding_f1, headline_keys, key_info, token_prf
 
 if TYPE_CHECKING:
     from rqa.signals import StopFlag
@@ -248,57 +248,64 @@ def prediction_row(
             "e2e_s": retrieval_seconds + generation_seconds,
         },
     }
-    grounding = max((token_prf(answer, d["page_content"])[2] for d in retrieved), default=0.0)
     row["diagnosis"] = {
         "retrieval_hit": bool(gold_ranks(row)),
         "answer_f1": token_prf(answer, example.gold_answer)[2],
-        "grounded": grounding >= GROUNDED_F1,
+        "grounded": grounding_f1(answer, retrieved) >= GROUNDED_F1,
     }
     return row
 
 
 def score_rows(rows: list[dict[str, Any]], metrics: dict[str, Any]) -> dict[str, float]:
+    """Every metric's values, then what the metrics ask for in their ``metadata`` (``rqa.contracts.KeyInfo``):
+    means over retrieval hits and misses, and 95 % bootstrap intervals of the headline keys; then the counts.
+    """
+    built = [factory() for factory in metrics.values()]
     scores: dict[str, float] = {}
-    for factory in metrics.values():
-        metric = factory()
+    for metric in built:
         metric.update(rows)
         scores.update(metric.compute())
-    hits = [r for r in rows if r["diagnosis"]["retrieval_hit"]]
-    if rows and "gen/f1" in scores:  # where errors come from: retrieval misses or the generator
-        misses = [r for r in rows if not r["diagnosis"]["retrieval_hit"]]
-        for label, subset in (("hit", hits), ("miss", misses)):
+    info = key_info(built)
+    split = [key for key, about in info.items() if about.by_retrieval and key in scores]
+    headline = [key for key in headline_keys(info) if key in scores]
+    values = per_row_values(rows, built, {*split, *headline})
+    hit = [r["diagnosis"]["retrieval_hit"] for r in rows]
+    for key in (key for key in split if key in values):  # where errors come from: retrieval or the generator
+        for label, wanted in (("hit", True), ("miss", False)):
+            subset = [value for value, found in zip(values[key], hit, strict=True) if found is wanted]
             if subset:
-                values = [r["diagnosis"]["answer_f1"] for r in subset]
-                scores[f"gen/f1|retrieval_{label}"] = sum(values) / len(values)
-    scores.update(bootstrap_intervals(rows, metrics))
+                scores[f"{key}|retrieval_{label}"] = sum(subset) / len(subset)
+    scores.update(bootstrap_intervals({key: values[key] for key in headline if key in values}))
     scores["count/questions"] = float(len(rows))
-    scores["count/retrieval_hits"] = float(len(hits))
+    scores["count/retrieval_hits"] = float(sum(hit))
     return scores
 
 
-def is_headline(key: str) -> bool:
-    return key in ("gen/f1", "gen/rougeL") or (key.startswith("retr/recall@") and key != "retr/recall@1")
+def per_row_values(rows: list[dict[str, Any]], metrics: Sequence[Any], keys: set[str]) -> dict[str, list[float]]:
+    """Each row's value of ``keys``, from the metrics that describe them and give values per row (optional)."""
+    values: dict[str, list[float]] = {}
+    for metric in metrics:
+        wanted = keys.intersection(key_info([metric])) - values.keys()
+        if not wanted or not isinstance(metric, SupportsPerRow):
+            continue
+        columns: dict[str, list[float | None]] = {key: [] for key in wanted}
+        for row in rows:
+            scores = metric.per_row(row)
+            for key in wanted:
+                columns[key].append(scores.get(key))
+        values.update({key: column for key, column in columns.items() if None not in column})  # type: ignore[misc]
+    return values
 
 
-def bootstrap_intervals(
-    rows: list[dict[str, Any]], metrics: dict[str, Any], resamples: int = 1000, seed: int = 0
-) -> dict[str, float]:
-    """95 % bootstrap intervals of the headline metrics (eval sets are small): ``ci95_low/NAME``, ``ci95_high/NAME``."""
+def bootstrap_intervals(per_row: dict[str, list[float]], resamples: int = 1000, seed: int = 0) -> dict[str, float]:
+    """95 % bootstrap intervals of per-row values (eval sets are small): ``ci95_low/NAME``, ``ci95_high/NAME``."""
     import numpy as np
 
-    if len(rows) < 2:
+    rows = len(next(iter(per_row.values()), []))
+    if rows < 2:
         return {}
-    per_row: dict[str, list[float]] = {}
-    for factory in metrics.values():
-        metric = factory()
-        if not isinstance(metric, SupportsPerRow):  # per-row values are optional (rqa.contracts)
-            continue
-        for row in rows:
-            for key, value in metric.per_row(row).items():
-                if is_headline(key):
-                    per_row.setdefault(key, []).append(value)
     generator = np.random.default_rng(seed)
-    picks = generator.integers(0, len(rows), size=(resamples, len(rows)))
+    picks = generator.integers(0, rows, size=(resamples, rows))
     intervals: dict[str, float] = {}
     for key, values in per_row.items():
         means = np.asarray(values)[picks].mean(axis=1)

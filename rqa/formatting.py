@@ -188,6 +188,9 @@ LAYOUTS: dict[str, ChatLayout] = {
 }
 
 
+# LocalRQA's defaults for --user_prefix, --assistant_prefix, --sep_user and --sep_sys (Vicuna's format)
+USER_PREFIX, ASSISTANT_PREFIX, SEP_USER, SEP_SYS = "USER", "ASSISTANT", " ", "</s>"
+
 # LocalRQA's training prompt header, verbatim, so `prefixes` renders exactly the text LocalRQA trains on.
 LOCALRQA_HEADER = (
     "This is a chat between a curious user and an artificial intelligence assistant.\n"
@@ -213,10 +216,10 @@ class PrefixFormatter(Formatter):
 
     def __init__(
         self,
-        user_prefix: str = "USER",
-        assistant_prefix: str = "ASSISTANT",
-        sep_user: str = " ",
-        sep_sys: str = "</s>",
+        user_prefix: str = USER_PREFIX,
+        assistant_prefix: str = ASSISTANT_PREFIX,
+        sep_user: str = SEP_USER,
+        sep_sys: str = SEP_SYS,
         bos: str = "",
     ) -> None:
         self.user_prefix, self.assistant_prefix = user_prefix, assistant_prefix

@@ -66,7 +66,7 @@ def test_not_utf8_and_empty_files(tmp_path: Path, capsys) -> None:
             "unknown option 'smothing' (accepted: smoothing)",
         ),
         (["--loss", "label-smoothed-ce:smoothing=2"], "smoothing must be in [0, 1)"),
-        (["--train_context", "random"], "--train_context must be one of gold, raft, got 'random'"),
+        (["--train_context", "random"], "argument --train_context/--train-context: invalid choice: 'random'"),
     ],
 )
 def test_unknown_components_and_bad_options(flags: list[str], expected: str, tmp_path: Path, capsys) -> None:

@@ -173,3 +173,38 @@ def test_example_config_writes_no_periodic_checkpoints() -> None:
     """Each checkpoint of the example's 135M model with AdamW's state is about 1.6 GB: `make run` keeps none."""
     args = parse_train_args(["--config", str(ROOT / "example" / "config.yaml")])
     assert args.save_strategy == "no" and args.eval_strategy == "steps" and args.eval_steps == 11
+
+
+CLOSED = {
+    "padding_free": ("auto", "true", "false"),
+    "train_context": ("gold", "raft"),
+    "raft_source": ("hard-negatives", "retriever"),
+}
+
+
+def test_help_lists_the_values_of_every_closed_option() -> None:
+    from rqa.config import make_parser
+
+    text = " ".join(make_parser().format_help().split())
+    for name, values in CLOSED.items():
+        assert f"--{name} {{{','.join(values)}}}" in text
+
+
+@pytest.mark.parametrize(("name", "values"), CLOSED.items())
+def test_closed_options_accept_their_values_and_refuse_others_in_one_line(name: str, values: tuple, tmp_path) -> None:
+    for value in values:
+        assert getattr(parse_train_args([f"--{name}", value]), name) == value
+    with pytest.raises(
+        RqaError, match=f"^rqa train: argument --{name}/--{name.replace('_', '-')}: invalid choice: 'nope'"
+    ):
+        parse_train_args([f"--{name}", "nope"])
+    config = tmp_path / "run.yaml"
+    config.write_text(f"{name}: nope\n")  # the parser never sees a config file's values as flags
+    with pytest.raises(RqaError, match=f"^--{name} must be one of {', '.join(values)}, got 'nope'$"):
+        parse_train_args(["--config", str(config)])
+
+
+def test_a_yaml_boolean_is_a_padding_free_value(tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("padding_free: false\n")
+    assert parse_train_args(["--config", str(config)]).padding_free == "false"

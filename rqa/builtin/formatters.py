@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from rqa.formatting import LAYOUTS, ChatTemplateFormatter, Formatter, LayoutFormatter, PrefixFormatter
+from rqa.formatting import (
+    ASSISTANT_PREFIX,
+    LAYOUTS,
+    SEP_SYS,
+    SEP_USER,
+    USER_PREFIX,
+    ChatTemplateFormatter,
+    Formatter,
+    LayoutFormatter,
+    PrefixFormatter,
+)
 from rqa.hookspecs import hookimpl
 
 _DESCRIPTIONS = {
@@ -34,10 +44,10 @@ def _tokenizer_adds_bos(tokenizer: Any) -> bool:
 
 def prefixes(
     tokenizer: Any = None,
-    user_prefix: str = "USER",
-    assistant_prefix: str = "ASSISTANT",
-    sep_user: str = " ",
-    sep_sys: str = "</s>",
+    user_prefix: str = USER_PREFIX,
+    assistant_prefix: str = ASSISTANT_PREFIX,
+    sep_user: str = SEP_USER,
+    sep_sys: str = SEP_SYS,
 ) -> Formatter:
     """LocalRQA's --user_prefix/--assistant_prefix/--sep_user/--sep_sys format, string for string."""
     bos = tokenizer.bos_token if _tokenizer_adds_bos(tokenizer) else ""
@@ -51,10 +61,10 @@ def chat_template(tokenizer: Any) -> Formatter:
 
 def auto(
     tokenizer: Any,
-    user_prefix: str = "USER",
-    assistant_prefix: str = "ASSISTANT",
-    sep_user: str = " ",
-    sep_sys: str = "</s>",
+    user_prefix: str = USER_PREFIX,
+    assistant_prefix: str = ASSISTANT_PREFIX,
+    sep_user: str = SEP_USER,
+    sep_sys: str = SEP_SYS,
 ) -> Formatter:
     """The tokenizer's chat template when it has one, else LocalRQA's prefixes."""
     if getattr(tokenizer, "chat_template", None):

@@ -5,16 +5,20 @@ A row holds ``question``, ``gold_answer``, ``generated_answer``, ``gold_docs`` a
 matches a gold document's exactly; by the same rule, a document a retriever returns twice is one document, so
 retrieval metrics rank the distinct retrieved documents. ROUGE comes from ``rouge-score`` and BLEU from
 ``sacrebleu``.
+
+Each metric says what its keys mean (``metadata``: ``rqa.contracts.KeyInfo`` by key): the headline keys,
+which way is better, the glossary's lines.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from rqa.contracts import KeyInfo
 from rqa.hookspecs import hookimpl
-from rqa.scoring import distinct_documents, gold_ranks, token_prf
+from rqa.scoring import distinct_documents, gold_ranks, grounding_f1, token_prf
 
 Row = dict[str, Any]
 
@@ -30,10 +34,12 @@ class Metric:
 
     ``per_row`` is optional (``rqa.contracts.SupportsPerRow``): evaluation's bootstrap intervals need one
     score per row, so a metric without it reports its values without ``ci95_*`` intervals. It is only
-    declared here, not defined, so that ``hasattr(metric, "per_row")`` tells the truth.
+    declared here, not defined, so that ``hasattr(metric, "per_row")`` tells the truth. ``metadata``
+    (``rqa.contracts.SupportsMetadata``) is optional in the same way.
     """
 
     per_row: Callable[[Row], dict[str, float]]
+    metadata: Mapping[str, KeyInfo]
 
     def __init__(self) -> None:
         self.rows: list[Row] = []
@@ -58,6 +64,17 @@ class RetrievalMetric(Metric):
     def __init__(self, k: int = 4) -> None:
         super().__init__()
         self.k = k
+        first = "share of questions whose gold passage is the first one retrieved"
+        recall = {"retr/recall@1": KeyInfo(first, headline=True)}
+        if k != 1:
+            every = f"share of questions whose every gold passage is among the {k} retrieved"
+            recall[f"retr/recall@{k}"] = KeyInfo(every, headline=True)
+        self.metadata = {
+            **recall,
+            "retr/accuracy": KeyInfo("share of the retrieved passages that are gold"),
+            f"retr/ndcg@{k}": KeyInfo(),
+            "retr/mrr": KeyInfo(),
+        }
 
     def per_row(self, row: Row) -> dict[str, float]:
         gold = {d["page_content"] for d in row.get("gold_docs", [])}
@@ -80,19 +97,31 @@ class RetrievalMetric(Metric):
 
 
 class TokenF1Metric(Metric):
+    metadata: Mapping[str, KeyInfo] = {
+        "gen/f1": KeyInfo("token overlap with the gold answer (SQuAD-normalised)", headline=True, by_retrieval=True),
+        "gen/precision": KeyInfo(),
+        "gen/recall": KeyInfo(),
+    }
+
     def per_row(self, row: Row) -> dict[str, float]:
         precision, recall, f1 = token_prf(row["generated_answer"], row["gold_answer"])
         return {"gen/f1": f1, "gen/precision": precision, "gen/recall": recall}
 
 
 class GroundingMetric(Metric):
+    metadata: Mapping[str, KeyInfo] = {"gen/f1_retrieved": KeyInfo()}
+
     def per_row(self, row: Row) -> dict[str, float]:
-        answer = row["generated_answer"]
-        scores = [token_prf(answer, d["page_content"])[2] for d in row.get("retrieved_docs", [])]
-        return {"gen/f1_retrieved": max(scores, default=0.0)}
+        return {"gen/f1_retrieved": grounding_f1(row["generated_answer"], row.get("retrieved_docs", []))}
 
 
 class RougeMetric(Metric):
+    metadata: Mapping[str, KeyInfo] = {
+        "gen/rouge1": KeyInfo(),
+        "gen/rouge2": KeyInfo(),
+        "gen/rougeL": KeyInfo("longest common word sequence with the gold answer (ROUGE-L F-measure)", headline=True),
+    }
+
     def __init__(self, use_stemmer: bool = True) -> None:
         super().__init__()
         from rouge_score import rouge_scorer
@@ -106,6 +135,8 @@ class RougeMetric(Metric):
 
 class BleuMetric(Metric):
     """Corpus BLEU from sacrebleu, scaled to 0-1 like the other metrics."""
+
+    metadata: Mapping[str, KeyInfo] = {"gen/bleu": KeyInfo()}
 
     def per_row(self, row: Row) -> dict[str, float]:
         import sacrebleu
@@ -124,6 +155,8 @@ class BleuMetric(Metric):
 
 
 class AnswerLengthMetric(Metric):
+    metadata: Mapping[str, KeyInfo] = {"gen/answer_words": KeyInfo(higher_is_better=None)}
+
     def per_row(self, row: Row) -> dict[str, float]:
         return {"gen/answer_words": float(len(row["generated_answer"].split()))}
 
@@ -139,6 +172,7 @@ class LatencyMetric(Metric):
     """
 
     KEYS = ("retrieval_ms", "generation_s", "e2e_s")
+    metadata: Mapping[str, KeyInfo] = {f"latency/{key}": KeyInfo(higher_is_better=False) for key in KEYS}
 
     def per_row(self, row: Row) -> dict[str, float]:
         latency = row.get("latency", {})
