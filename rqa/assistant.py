@@ -36,6 +36,7 @@ class AssistantSettings:
     top_k: int = 4
     max_new_tokens: int = 128
     max_seq_length: int = 2048
+    generator: str = "hf"  # a generator backend spec (rqa.backends); hf: the local model above
 
 
 def resolve_settings(
@@ -50,6 +51,7 @@ def resolve_settings(
     top_k: int | None = None,
     max_new_tokens: int | None = None,
     max_seq_length: int | None = None,
+    generator: str | None = None,
 ) -> AssistantSettings:
     """Options given win; a training run's choices fill the rest; then rqa's defaults."""
     run = read_run(model)
@@ -77,6 +79,7 @@ def resolve_settings(
         top_k=setting(top_k, saved.top_k, 4),
         max_new_tokens=setting(max_new_tokens, saved.max_new_tokens, 128),
         max_seq_length=setting(max_seq_length, saved.max_seq_length, 2048),
+        generator=generator or "hf",
     )
 
 
@@ -107,13 +110,23 @@ class Reply:
 class Assistant:
     """A generator, its encoder and a retriever; answers a question given the conversation so far."""
 
-    def __init__(self, model: Any, encoder: Any, retriever: Any, top_k: int = 4, max_new_tokens: int = 128) -> None:
+    def __init__(
+        self,
+        model: Any,
+        encoder: Any,
+        retriever: Any,
+        top_k: int = 4,
+        max_new_tokens: int = 128,
+        generator: Any = None,
+    ) -> None:
         self.model, self.encoder, self.retriever = model, encoder, retriever
+        self.generator = generator  # a backend other than the local model (rqa.backends); None: the model
         self.top_k, self.max_new_tokens = top_k, max_new_tokens
 
     @classmethod
     def load(cls, settings: AssistantSettings) -> Assistant:
         """Check the names first, then load the database and index, then the model."""
+        from rqa.backends import remote_generator
         from rqa.pipeline import build_retriever, choose, choose_all
 
         chosen, problems = choose_all(
@@ -124,6 +137,7 @@ class Assistant:
                 "retriever": lambda: choose(
                     "retrievers", settings.retriever, settings.retriever_option_pairs, **settings.retriever_options
                 ),
+                "generator": lambda: remote_generator(settings.generator),
             }
         )
         if problems:
@@ -134,6 +148,9 @@ class Assistant:
         retriever = build_retriever(
             chosen["retriever"], documents, settings.index, embedding_model=settings.embedding_model
         )
+        if chosen["generator"] is not None:  # a remote backend renders its own prompts: no local model
+            generator = chosen["generator"].build()
+            return cls(None, None, retriever, settings.top_k, settings.max_new_tokens, generator=generator)
 
         from rqa.data import ExampleEncoder
         from rqa.models import load_generator, load_tokenizer, resolve_generator
@@ -153,6 +170,10 @@ class Assistant:
         from rqa.generation import generate_answers
 
         (hits,) = self.retriever.retrieve([question], self.top_k)
+        if self.generator is not None:
+            example = Example(question=question, gold_answer="", gold_docs=(), chat_history=tuple(history))
+            (answer,) = self.generator.answer([example], [[document for document, _ in hits]], self.max_new_tokens)
+            return Reply(question=question, answer=answer, sources=list(hits), prompt_ids=[])
         prompt = self.prompt_ids(question, history, [document for document, _ in hits])
         answers, _ = generate_answers(
             self.model,

@@ -236,6 +236,7 @@ def decode_dropping_finished_rows(
     tokenizer: Any,
     checkpoint: Callable[[], None] | None = None,
     synced: bool = False,
+    dropped: Callable[[int], bool] | None = None,
 ) -> list[list[int]]:
     """Greedy new tokens for each row, generated ``DECODE_SEGMENT`` at a time from a prefilled static cache.
 
@@ -243,6 +244,7 @@ def decode_dropping_finished_rows(
     others continue from their own cache rows: every row gets the tokens a single ``generate`` call would give it.
     ``checkpoint`` runs before each segment. ``synced``: every rank runs segments until the rows of every rank
     have ended; a rank whose own rows have ended decodes a one-token filler meanwhile, and discards it.
+    ``dropped(row)``: whether a row is no longer wanted (a client that went away); it leaves at the next segment.
     """
     import torch
 
@@ -281,7 +283,8 @@ def decode_dropping_finished_rows(
         for position, row in enumerate(rows):
             new_tokens[row] += generated[position].tolist()
             text = tokenizer.decode(new_tokens[row]) if stop_strings else ""
-            if not (eos_ids & set(new_tokens[row]) or any(stop in text for stop in stop_strings)):
+            ended = eos_ids & set(new_tokens[row]) or any(stop in text for stop in stop_strings)
+            if not (ended or (dropped is not None and dropped(row))):
                 keep.append(position)
         if not keep or generated.shape[1] < steps:  # every row has ended
             if not synced:
@@ -322,12 +325,16 @@ def generate_answers(
     batches: Sequence[Sequence[int]] | None = None,
     synced: bool = False,
     stop: StopFlag | None = None,
+    cancelled: Callable[[int], bool] | None = None,
 ) -> tuple[list[str], list[float]]:
     """Batched greedy generation over token-id prompts, longest first; answers in input order.
 
     ``batches`` (indices into ``prompts``: one rank's ``lockstep_batches``) replace the batching by length, and a
     prompt that no batch holds gets an empty answer; ``synced``: every process runs this call in lockstep.
     ``stop``: raise ``StopRequested``, keeping no answer, once a stop is asked for (on any rank, when synced).
+    ``cancelled(index)``: whether a prompt's answer is no longer wanted (a server's client went away): it is left
+    out of the batches not yet started, leaves a running one at its next decode segment, and gets an empty answer.
+    Single-process only.
     """
     import torch
 
@@ -353,13 +360,25 @@ def generate_answers(
         with torch.inference_mode():
             for batch in batches:
                 checkpoint()
+                if cancelled is not None:
+                    batch = [index for index in batch if not cancelled(index)]
+                    if not batch:
+                        continue
                 rows = [prompts[i] for i in batch]
                 input_ids, attention = left_padded(rows, settings["pad_token_id"])
                 began = time.perf_counter()
                 if assemble:
                     cache = prefilled_cache(model, rows, max_new_tokens, checkpoint, synced)
                     new_ids = decode_dropping_finished_rows(
-                        model, input_ids, attention, cache, settings, tokenizer, checkpoint, synced
+                        model,
+                        input_ids,
+                        attention,
+                        cache,
+                        settings,
+                        tokenizer,
+                        checkpoint,
+                        synced,
+                        dropped=None if cancelled is None else (lambda row, rows_of=batch: cancelled(rows_of[row])),
                     )
                 else:
                     output = model.generate(

@@ -45,3 +45,8 @@ def register_metrics(register: Register) -> None:
 @hookspec
 def register_retriever_losses(register: Register) -> None:
     """Add retriever losses for ``rqa train-retriever``: they score a batch of (question, passage...) embeddings."""
+
+
+@hookspec
+def register_generators(register: Register) -> None:
+    """Add generator backends: they answer questions from passages, and chat, with a local model or an endpoint."""

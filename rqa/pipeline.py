@@ -68,7 +68,8 @@ def metric_names(requested: Sequence[str]) -> list[str]:
     for entry in requested:
         for name in (n.strip() for n in entry.split(",")):
             if name == "all":
-                names += registry.names()
+                # opt-in metrics (a factory with ``opt_in = True``, e.g. an LLM judge) are only run when named
+                names += [n for n in registry.names() if not getattr(registry.get(n).factory, "opt_in", False)]
             elif name:
                 registry.get(name)  # unknown names fail here with the list of choices
                 names.append(name)

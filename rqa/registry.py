@@ -20,13 +20,14 @@ from rqa.errors import (
     UnknownComponentError,
 )
 
-KINDS = ("formatters", "losses", "retrievers", "metrics", "retriever_losses")
+KINDS = ("formatters", "losses", "retrievers", "metrics", "retriever_losses", "generators")
 SINGULAR = {
     "formatters": "formatter",
     "losses": "loss",
     "retrievers": "retriever",
     "metrics": "metric",
     "retriever_losses": "retriever loss",
+    "generators": "generator",
 }
 _VALID_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 

@@ -28,6 +28,10 @@ def _assistant_options(command: Callable[..., Any]) -> Callable[..., Any]:
         option("--retriever", help="Retriever name (default: the run's, else dense-faiss)."),
         option("--retriever_option", multiple=True, help="Retriever option KEY=VALUE (repeatable)."),
         option("--embedding_model", help="Embedding model for the retriever (default: the run's)."),
+        option(
+            "--generator",
+            help="Generator backend: hf (default: the local --model) or e.g. openai:base_url=http://HOST/v1,model=NAME.",
+        ),
         option("--show_prompt", is_flag=True, hidden=True, help="Print each prompt as decoded tokens (debugging)."),
     ]
     for decorate in reversed(options):
@@ -52,13 +56,17 @@ def _load(kwargs: dict[str, Any], console: Any) -> Any:
         top_k=kwargs["top_k"],
         max_new_tokens=kwargs["max_new_tokens"],
         max_seq_length=kwargs["max_seq_length"],
+        generator=kwargs.get("generator"),
     )
     return Assistant.load(settings)
 
 
 def _print_prompt(console: Any, assistant: Any, reply: Any) -> None:
     console.rule("prompt", style="dim")
-    console.print(assistant.decode(reply.prompt_ids), markup=False, highlight=False)
+    if assistant.encoder is None:  # a remote backend rendered it
+        console.print("(the prompt was rendered by the generator backend)", style="dim")
+    else:
+        console.print(assistant.decode(reply.prompt_ids), markup=False, highlight=False)
     console.rule("end of prompt", style="dim")
 
 

@@ -54,9 +54,22 @@ def _from_run(name: str, default: str, help: str, **kwargs: Any) -> Any:
 @_from_run("--use_flash_attention", "false", "flash-attention 2 with bf16 when available.", type=bool)
 @option("--limit", type=int, help="Evaluate the first N questions only.")
 @option("--retrieval_only", is_flag=True, help="Score retrieval alone; load no generator.")
+@option(
+    "--generator",
+    default="hf",
+    show_default=True,
+    help="Generator backend: hf (the local --model) or e.g. openai:base_url=http://HOST/v1,model=NAME "
+    "(same retrieval, prompts and metrics; rqa list-plugins --kind generators).",
+)
+@option(
+    "--judge",
+    help="Generator backend for the judge metric, e.g. openai:base_url=...,model=...; with it (or RQA_JUDGE) "
+    "--metrics all includes judge.",
+)
 @option("--output_dir", required=True, help="Where predictions.jsonl and metrics.json go.")
 def evaluate(**kwargs: Any) -> None:
     """Retrieve from the whole database, generate, score, and write predictions and metrics."""
+    from rqa.backends import is_local, remote_generator
     from rqa.display import make_console, print_scores, setup_logging
     from rqa.errors import RqaError
     from rqa.pipeline import build_retriever, choose, choose_all, metric_names
@@ -80,10 +93,14 @@ def evaluate(**kwargs: Any) -> None:
         "retriever": lambda: choose("retrievers", retriever_spec, kwargs["retriever_option"], **retriever_options),
         "metrics": lambda: metric_names(requested_metrics),
     }
-    if not kwargs["retrieval_only"]:
+    local = is_local(kwargs["generator"])
+    if not kwargs["retrieval_only"] and local:
         checks["formatter"] = lambda: choose(
             "formatters", formatter_spec, kwargs["formatter_option"], **formatter_options
         )
+    if not kwargs["retrieval_only"]:
+        checks["generator"] = lambda: remote_generator(kwargs["generator"])
+        checks["metrics"] = lambda: _with_judge(metric_names(requested_metrics), requested_metrics, kwargs["judge"])
     if documents is None and run is not None:
         checks["run_passages"] = lambda: _passages_of(run)
     chosen, problems = choose_all(checks)
@@ -97,9 +114,26 @@ def evaluate(**kwargs: Any) -> None:
     from rqa.pipeline import metric_factories
 
     metrics = metric_factories(chosen["metrics"], top_k)
+    if "judge" in metrics:
+        metrics["judge"] = _judge_factory(kwargs["judge"], top_k)
     output_dir = Path(kwargs["output_dir"])
     if kwargs["retrieval_only"]:
         scores = evaluate_retrieval_only(examples, retriever, metrics, top_k, output_dir)
+    elif not local:
+        from rqa.backends import evaluate_with_generator
+
+        generator = chosen["generator"].build()
+        evaluator = E2EEvaluator(
+            examples,
+            encoder=None,  # type: ignore[arg-type]  # the backend renders its own prompts
+            retriever=retriever,
+            metrics=metrics,
+            top_k=top_k,
+            max_new_tokens=setting(kwargs["max_new_tokens"], saved.max_new_tokens, 128),
+            batch_size=setting(kwargs["batch_size"], saved.eval_batch_size, 32),
+            output_dir=output_dir,
+        )
+        scores = evaluate_with_generator(evaluator, generator)
     else:
         from rqa.data import ExampleEncoder
         from rqa.models import load_generator, load_tokenizer, resolve_generator
@@ -125,6 +159,31 @@ def evaluate(**kwargs: Any) -> None:
         scores = evaluator.evaluate_model(model, name="")
     print_scores(console, scores, "evaluation")
     console.print(f"[bold green]Done.[/] Predictions and metrics in {output_dir}")
+
+
+def _with_judge(names: list[str], requested: list[str], judge: str | None) -> list[str]:
+    """The metric names, with ``judge`` added to ``all`` when a judge is configured; a judge with none fails."""
+    from rqa.backends import choose_generator
+    from rqa.builtin.judge import JUDGE_ENV, configured_judge
+    from rqa.errors import RqaError
+
+    spec = configured_judge(judge)
+    if spec and any(name.strip() == "all" for entry in requested for name in entry.split(",")):
+        names = [*names, "judge"] if "judge" not in names else names
+    if "judge" in names:
+        if not spec:
+            raise RqaError(f"the judge metric needs a generator: pass --judge openai:base_url=... or set {JUDGE_ENV}")
+        choose_generator(spec)  # its options are checked now, not after the evaluation
+    return names
+
+
+def _judge_factory(judge: str | None, top_k: int) -> Any:
+    from functools import partial
+
+    from rqa.builtin.judge import configured_judge
+    from rqa.plugins import get_plugins
+
+    return partial(get_plugins()["metrics"].build, "judge", {"generator": configured_judge(judge)}, top_k=top_k)
 
 
 def _passages_of(run: SavedRun) -> list[Example] | None:
