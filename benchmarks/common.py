@@ -36,6 +36,8 @@ SECTION_ORDER = (
     "bench_train:cuda-bf16",
     "bench_eval",
     "bench_quality",
+    "bench_retriever",
+    "bench_serve",
 )
 
 MD_HEADER = """# Benchmarks

@@ -18,12 +18,20 @@ from pathlib import Path
 from common import REPO_ROOT, load_average
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = {"cli": "bench_cli.py", "index": "bench_index.py", "train": "bench_train.py", "eval": "bench_eval.py"}
+SCRIPTS = {
+    "cli": "bench_cli.py",
+    "index": "bench_index.py",
+    "train": "bench_train.py",
+    "eval": "bench_eval.py",
+    "retriever": "bench_retriever.py",  # about an hour: only when asked for
+    "serve": "bench_serve.py",
+}
+DEFAULT = ["cli", "index", "train", "eval", "serve"]
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="+", choices=list(SCRIPTS), default=list(SCRIPTS))
+    parser.add_argument("--only", nargs="+", choices=list(SCRIPTS), default=DEFAULT)
     parser.add_argument("--precision", choices=["fp32", "bf16", "both"], default="fp32", help="for bench_train")
     parser.add_argument("--quick", action="store_true", help="train 3 steps after 1, evaluate 24 questions")
     parser.add_argument("--no_write", action="store_true", help="print only; leave BENCHMARKS.md alone")

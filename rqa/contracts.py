@@ -5,7 +5,8 @@ component against it, so a plugin that forgets one fails when it is built (``--d
 retrievers) with its name, rather than deep inside a training run. Methods must be callable; annotated
 attributes must exist, and a ``Literal`` or plain-class annotation also constrains the value.
 
-Optional members live in separate protocols (``SupportsPerRow``), which the core checks with ``isinstance``.
+Optional members live in separate protocols (``SupportsPerRow``, ``SupportsMetadata``), which the core checks
+with ``isinstance``; a component that has one must have it right.
 This module imports nothing heavy, so ``rqa list-plugins`` and ``--dry_run`` stay fast.
 """
 
@@ -13,7 +14,8 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -94,6 +96,23 @@ class RetrieverLoss(Protocol):
 
 
 @runtime_checkable
+class Generator(Protocol):
+    """Produces text with a model, local or behind an endpoint (``rqa.backends``; built-ins ``hf`` and ``openai``).
+
+    ``answer`` answers each example's question (its ``chat_history`` included) from its passages, rendered the way
+    the backend's model expects: ``hf`` with the run's formatter, exactly as in training; ``openai`` as chat
+    messages. ``chat`` continues free-form conversations of ``{"role", "content"}`` messages (judges, question
+    generation). Both return one string per input, in order, greedy unless the backend is told otherwise.
+    """
+
+    def answer(
+        self, examples: Sequence[Example], passages: Sequence[Sequence[Document]], max_new_tokens: int = 128
+    ) -> list[str]: ...
+
+    def chat(self, conversations: Sequence[Sequence[Mapping[str, str]]], max_new_tokens: int = 128) -> list[str]: ...
+
+
+@runtime_checkable
 class SupportsPerRow(Protocol):
     """Optional for metrics: one score per row, used for the bootstrap confidence intervals.
 
@@ -103,14 +122,68 @@ class SupportsPerRow(Protocol):
     def per_row(self, row: Row) -> dict[str, float]: ...
 
 
+@runtime_checkable
+class SupportsTrainingData(Protocol):
+    """Optional for retriever losses: rows of their own instead of (question, gold passage[, hard negative]).
+
+    ``rqa train-retriever`` calls it once with the checked training examples and the document database; the
+    returned ``datasets.Dataset`` feeds sentence-transformers' trainer (a ``label`` column reaches the loss as
+    ``labels``).
+    """
+
+    def training_data(self, examples: Sequence[Example], documents: Sequence[Document]) -> Any: ...
+
+
+@runtime_checkable
+class SupportsRefresh(Protocol):
+    """Optional for retriever losses: ``refresh(model)`` runs before the first step and every ``refresh_steps``
+    optimizer steps, with the model as it is then (to re-index the database with it, say)."""
+
+    refresh_steps: int
+
+    def refresh(self, model: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What one value a metric reports means, so tables, the glossary and ``report.png`` need no list of names.
+
+    ``headline``: a run is judged by it first (the base → fine-tuned table, ``report.png``, 95 % bootstrap
+    intervals). ``description``: one line for the glossary ``rqa train`` prints; keys without one stay out of it.
+    ``higher_is_better``: True, False, or None where neither applies (a length). ``by_retrieval``: also report
+    its mean over the questions whose retrieval found a gold passage and over the rest
+    (``KEY|retrieval_hit``, ``KEY|retrieval_miss``): whether errors come from retrieval or from the generator.
+    Headline and split values come from ``per_row``.
+    """
+
+    description: str = ""
+    headline: bool = False
+    higher_is_better: bool | None = True
+    by_retrieval: bool = False
+
+
+@runtime_checkable
+class SupportsMetadata(Protocol):
+    """Optional for metrics: what each of its keys means, in the order to show them.
+
+    A metric without ``metadata`` still reports its values; none of them is then a headline or in the glossary.
+    """
+
+    metadata: Mapping[str, KeyInfo]
+
+
 CONTRACTS: dict[str, type] = {
     "formatters": Formatter,
     "losses": Loss,
     "retrievers": Retriever,
     "metrics": Metric,
     "retriever_losses": RetrieverLoss,
+    "generators": Generator,
 }
-OPTIONAL: dict[str, tuple[type, ...]] = {"metrics": (SupportsPerRow,)}
+OPTIONAL: dict[str, tuple[type, ...]] = {
+    "metrics": (SupportsPerRow, SupportsMetadata),
+    "retriever_losses": (SupportsTrainingData, SupportsRefresh),
+}
 
 
 def methods(protocol: type) -> tuple[str, ...]:
@@ -156,6 +229,10 @@ def missing(kind: str, component: Any) -> list[str]:
         problem = _wrong_value(name, getattr(component, name), annotation)
         if problem:
             problems.append(problem)
+    for optional in OPTIONAL.get(kind, ()):  # absent is fine; present must be right
+        for name, annotation in attributes(optional).items():
+            if hasattr(component, name) and (problem := _wrong_value(name, getattr(component, name), annotation)):
+                problems.append(problem)
     return problems
 
 
@@ -189,6 +266,10 @@ def _wrong_value(name: str, value: Any, annotation: Any) -> str | None:
         if value not in allowed:
             expected = " or ".join(repr(a) for a in allowed)
             return f"a valid {name} (it is {value!r}; expected {expected})"
+    elif typing.get_origin(annotation) is Mapping:
+        _, value_type = typing.get_args(annotation)
+        if not isinstance(value, Mapping) or not all(isinstance(v, value_type) for v in value.values()):
+            return f"a valid {name} (expected a mapping of names to {value_type.__module__}.{value_type.__name__})"
     elif inspect.isclass(annotation) and annotation is not Any and not isinstance(value, annotation):
         return f"a valid {name} (it is a {type(value).__name__}; expected a {annotation.__name__})"
     return None

@@ -4,7 +4,8 @@ Four panels: (a) the training and evaluation losses; (b) the end-to-end headline
 their 95 % bootstrap bands, step 0 being the base model before any training; (c) the test set's result; (d) per
 evaluation, where the answers fail: retrieval, generation or grounding, counted from the predictions files. A
 reader should not need the code to tell what went right: every panel says what it shows, legends sit outside the
-data, and the caption states the thresholds.
+data, and the caption states the thresholds. The headline metrics are those the run's metrics declare
+(``rqa.scoring.headline_keys``).
 """
 
 from __future__ import annotations
@@ -14,25 +15,50 @@ import os
 import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from itertools import cycle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rqa.display import evaluations_by_step, headline_metrics, interval
+from rqa.display import evaluations_by_step, interval
+from rqa.scoring import headline_keys, run_key_info
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+    from rqa.contracts import KeyInfo
+
 WRONG_F1 = 0.5  # an answer whose token F1 with the gold answer is below this counts as wrong
 CATEGORIES = ("retrieval miss", "retrieved but wrong", "ungrounded", "good")
-COLOURS = {"retrieval miss": "#c44e52", "retrieved but wrong": "#dd8452", "ungrounded": "#ccb974", "good": "#55a868"}
+COLOURS = {
+    "retrieval miss": "#c44e52",
+    "retrieved but wrong": "#dd8452",
+    "ungrounded": "#ccb974",
+    "good": "#55a868",
+    "gold retrieved": "#55a868",
+}
 TITLES = {
     "loss": "(a) Loss",
     "metrics": "(b) End-to-end evaluation, eval set",
     "test": "(c) Test set, final model",
     "failures": "(d) Where answers fail, eval set",
 }
-MARKERS = ("o", "s", "^", "D")  # one per headline metric
+RETRIEVER_TITLES = {
+    **TITLES,
+    "metrics": "(b) Retrieval from the whole database, eval set",
+    "failures": "(d) Where retrieval fails, eval set",
+}
+RETRIEVER_CATEGORIES = ("retrieval miss", "gold retrieved")
+GENERATOR_CAPTION = (
+    "Step 0 is the base model, evaluated before the first training step. Shaded bands and error bars: 95 % "
+    "bootstrap intervals over the questions.\nRetrieval does not change while the generator trains, so the "
+    "retr/ metrics stay flat; a change smaller than the intervals may be noise."
+)
+RETRIEVER_CAPTION = (
+    "Step 0 is the base embedding model, evaluated before the first training step. Shaded bands and error bars: "
+    "95 % bootstrap intervals over the questions;\na change smaller than the intervals may be noise."
+)
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")  # one per headline metric, repeated beyond eight
 MAX_LABELLED_STEPS = 12  # beyond this, step ticks are thinned out
 
 
@@ -45,13 +71,17 @@ def category_help() -> dict[str, str]:
         "retrieved but wrong": f"gold passage retrieved, answer token F1 < {WRONG_F1}",
         "ungrounded": f"answer right (F1 ≥ {WRONG_F1}) but F1 < {GROUNDED_F1} against every retrieved passage",
         "good": "right and grounded in a retrieved passage",
+        "gold retrieved": "a gold passage among the retrieved",
     }
 
 
-def failure_category(diagnosis: Mapping[str, Any]) -> str:
-    """One of ``CATEGORIES`` for a prediction row's ``diagnosis``: the first stage of the pipeline that failed."""
+def failure_category(diagnosis: Mapping[str, Any], retrieval_only: bool = False) -> str:
+    """One of ``CATEGORIES`` for a prediction row's ``diagnosis``: the first stage of the pipeline that failed;
+    with ``retrieval_only`` (a retriever's run: no answers), one of ``RETRIEVER_CATEGORIES``."""
     if not diagnosis.get("retrieval_hit"):
         return "retrieval miss"
+    if retrieval_only:
+        return "gold retrieved"
     if float(diagnosis.get("answer_f1", 0.0)) < WRONG_F1:
         return "retrieved but wrong"
     if not diagnosis.get("grounded"):
@@ -59,7 +89,9 @@ def failure_category(diagnosis: Mapping[str, Any]) -> str:
     return "good"
 
 
-def failure_counts(eval_dir: str | Path | None, steps: Sequence[int] | None = None) -> dict[int, Counter[str]]:
+def failure_counts(
+    eval_dir: str | Path | None, steps: Sequence[int] | None = None, retrieval_only: bool = False
+) -> dict[int, Counter[str]]:
     """Questions per category at each evaluation, from ``eval_dir/step-N-predictions.jsonl`` (only ``steps``)."""
     counts: dict[int, Counter[str]] = {}
     if eval_dir is None or not Path(eval_dir).is_dir():
@@ -73,7 +105,7 @@ def failure_counts(eval_dir: str | Path | None, steps: Sequence[int] | None = No
             for line in lines:
                 diagnosis = json.loads(line).get("diagnosis") if line.strip() else None
                 if diagnosis is not None:
-                    counter[failure_category(diagnosis)] += 1
+                    counter[failure_category(diagnosis, retrieval_only)] += 1
         counts[int(step)] = counter
     return dict(sorted(counts.items()))
 
@@ -91,8 +123,15 @@ def build_report_figure(
     top_k: int = 4,
     eval_dir: str | Path | None = None,
     title: str | None = None,
+    info: Mapping[str, KeyInfo] | None = None,
+    retrieval_only: bool = False,
 ) -> Figure | None:
-    """The report as a matplotlib ``Figure`` (no pyplot state); None when the run logged nothing to plot."""
+    """The report as a matplotlib ``Figure`` (no pyplot state); None when the run logged nothing to plot.
+
+    ``info``: what the run's metric keys mean (``rqa.scoring.run_key_info``); by default, every installed metric's.
+    ``retrieval_only``: a retriever's run (``rqa train-retriever``): its loss, retrieval metrics, and retrieval
+    hits and misses instead of where answers fail.
+    """
     from matplotlib.figure import Figure
 
     losses = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
@@ -104,17 +143,19 @@ def build_report_figure(
     figure = Figure(figsize=(14, 10.5), layout="constrained")
     figure.get_layout_engine().set(rect=(0, 0.05, 1, 0.95), h_pad=0.12, hspace=0.08)  # room for the caption
     (loss_axes, metrics_axes), (test_axes, failure_axes) = figure.subplots(2, 2)
-    _plot_losses(loss_axes, losses, eval_losses)
-    _plot_metrics(metrics_axes, evaluated, top_k)
-    _plot_test(test_axes, test, top_k)
-    _plot_failures(failure_axes, failure_counts(eval_dir, list(evaluated) or None))
+    titles = RETRIEVER_TITLES if retrieval_only else TITLES
+    loss_label = "retriever loss" if retrieval_only else "cross-entropy per supervised token"
+    _plot_losses(loss_axes, losses, eval_losses, loss_label)
+    headline = headline_keys(run_key_info(None, top_k) if info is None else info)
+    _plot_metrics(metrics_axes, evaluated, headline, titles["metrics"])
+    _plot_test(test_axes, test, headline)
+    counts = failure_counts(eval_dir, list(evaluated) or None, retrieval_only)
+    _plot_failures(failure_axes, counts, RETRIEVER_CATEGORIES if retrieval_only else CATEGORIES, titles["failures"])
     figure.suptitle(title or "rqa training run", fontsize=14, fontweight="bold")
     figure.text(
         0.5,
         0.008,
-        "Step 0 is the base model, evaluated before the first training step. Shaded bands and error bars: 95 % "
-        "bootstrap intervals over the questions.\nRetrieval does not change while the generator trains, so the "
-        "retr/ metrics stay flat; a change smaller than the intervals may be noise.",
+        RETRIEVER_CAPTION if retrieval_only else GENERATOR_CAPTION,
         ha="center",
         va="bottom",
         fontsize=9,
@@ -129,10 +170,13 @@ def plot_run(
     top_k: int = 4,
     eval_dir: str | Path | None = None,
     title: str | None = None,
+    info: Mapping[str, KeyInfo] | None = None,
+    retrieval_only: bool = False,
 ) -> Path | None:
     """Write the report (PNG) to ``path``; returns None when there is nothing to plot."""
     path = Path(path)
-    figure = build_report_figure(log_history, top_k, eval_dir, title or f"rqa training run: {path.parent.name}")
+    title = title or f"rqa training run: {path.parent.name}"
+    figure = build_report_figure(log_history, top_k, eval_dir, title, info, retrieval_only)
     if figure is None:
         return None
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -175,7 +219,9 @@ def _nothing(axes: Axes, title: str, message: str) -> None:
     axes.text(0.5, 0.5, message, ha="center", va="center", transform=axes.transAxes, color="#666666", wrap=True)
 
 
-def _plot_losses(axes: Axes, losses: list[tuple[int, float]], eval_losses: list[tuple[int, float]]) -> None:
+def _plot_losses(
+    axes: Axes, losses: list[tuple[int, float]], eval_losses: list[tuple[int, float]], ylabel: str
+) -> None:
     from matplotlib.ticker import MaxNLocator
 
     if not losses and not eval_losses:
@@ -189,23 +235,23 @@ def _plot_losses(axes: Axes, losses: list[tuple[int, float]], eval_losses: list[
     axes.set_title(TITLES["loss"], loc="left")
     axes.set_xlabel("step")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_ylabel("cross-entropy per supervised token")
+    axes.set_ylabel(ylabel)
     axes.grid(alpha=0.3)
     _legend_below(axes)
 
 
-def _plot_metrics(axes: Axes, evaluated: dict[int, dict[str, float]], top_k: int) -> None:
+def _plot_metrics(
+    axes: Axes, evaluated: dict[int, dict[str, float]], headline: Sequence[str], title: str = TITLES["metrics"]
+) -> None:
     from matplotlib.patches import Patch
 
     if not evaluated:
-        _nothing(
-            axes, TITLES["metrics"], "no end-to-end evaluation while training\n(no --eval_file, or --e2e_eval false)"
-        )
+        _nothing(axes, title, "no end-to-end evaluation while training\n(no --eval_file, or --e2e_eval false)")
         return
     steps = sorted(evaluated)
     width = max(steps[-1] - steps[0], 1) * 0.02  # a band around a lone evaluation
     banded = False
-    for key, marker in zip(headline_metrics(top_k), MARKERS, strict=True):
+    for key, marker in zip(headline, cycle(MARKERS)):
         points = [(step, evaluated[step][key]) for step in steps if key in evaluated[step]]
         if not points:
             continue
@@ -218,7 +264,7 @@ def _plot_metrics(axes: Axes, evaluated: dict[int, dict[str, float]], top_k: int
                 xs, lows, highs = [xs[0] - width, xs[0] + width], lows * 2, highs * 2
             axes.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.15, linewidth=0)
             banded = True
-    axes.set_title(TITLES["metrics"], loc="left")
+    axes.set_title(title, loc="left")
     axes.set(xlabel="step", ylabel="score (0–1)", ylim=(-0.03, 1.03))  # points at 0 or 1 stay whole
     _step_ticks(axes, steps)
     axes.grid(alpha=0.3)
@@ -229,8 +275,8 @@ def _plot_metrics(axes: Axes, evaluated: dict[int, dict[str, float]], top_k: int
     _legend_below(axes, handles, labels, ncol=5)
 
 
-def _plot_test(axes: Axes, test: dict[str, float], top_k: int) -> None:
-    keys = [key for key in headline_metrics(top_k) if key in test]
+def _plot_test(axes: Axes, test: dict[str, float], headline: Sequence[str]) -> None:
+    keys = [key for key in headline if key in test]
     if not keys:
         _nothing(axes, TITLES["test"], "no test metrics\n(pass --test_file to predict a test set after training)")
         return
@@ -250,17 +296,22 @@ def _plot_test(axes: Axes, test: dict[str, float], top_k: int) -> None:
     axes.grid(axis="x", alpha=0.3)
 
 
-def _plot_failures(axes: Axes, counts: dict[int, Counter[str]]) -> None:
+def _plot_failures(
+    axes: Axes,
+    counts: dict[int, Counter[str]],
+    categories: Sequence[str] = CATEGORIES,
+    title: str = TITLES["failures"],
+) -> None:
     from matplotlib.patches import Patch
 
     if not counts:
-        _nothing(axes, TITLES["failures"], "no eval predictions to diagnose\n(eval/step-N-predictions.jsonl)")
+        _nothing(axes, title, "no eval predictions to diagnose\n(eval/step-N-predictions.jsonl)")
         return
     steps = list(counts)
     positions = list(range(len(steps)))
     totals = [sum(counts[step].values()) for step in steps]
     bottoms = [0] * len(steps)
-    for category in CATEGORIES:
+    for category in categories:
         heights = [counts[step][category] for step in steps]
         bars = axes.bar(positions, heights, bottom=bottoms, width=0.65, color=COLOURS[category], label=category)
         for bar, height in zip(bars, heights, strict=True):
@@ -268,9 +319,9 @@ def _plot_failures(axes: Axes, counts: dict[int, Counter[str]]) -> None:
                 axes.text(bar.get_x() + bar.get_width() / 2, bar.get_y() + height / 2, str(height), ha="center",
                           va="center", fontsize=8)  # fmt: skip
         bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
-    axes.set_title(f"{TITLES['failures']}, {max(totals)} questions", loc="left")
+    axes.set_title(f"{title}, {max(totals)} questions", loc="left")
     axes.set(xlabel="step", ylabel="questions", ylim=(0, max(totals) * 1.04 or 1))
     _step_ticks(axes, steps, positions)
-    handles = [Patch(color=COLOURS[c]) for c in CATEGORIES]
+    handles = [Patch(color=COLOURS[c]) for c in categories]
     meaning = category_help()
-    _legend_below(axes, handles, [f"{c}: {meaning[c]}" for c in CATEGORIES], ncol=1)
+    _legend_below(axes, handles, [f"{c}: {meaning[c]}" for c in categories], ncol=1)

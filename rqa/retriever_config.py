@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from sentence_transformers import SentenceTransformerTrainingArguments
 from transformers import HfArgumentParser
 
-from rqa.config import parse_with_config
+from rqa.config import parse_with_config, settle_devices, settle_progress
 
 POOLING_TYPES = ("mean", "cls", "last")
 # LocalRQA logs retrieval recall as ``eval_retr/document_recall/recall4``; rqa's name is ``eval_retr/recall@4``
@@ -53,24 +53,61 @@ class RqaRetrieverTrainingArguments(SentenceTransformerTrainingArguments):
         },
     )
     hard_neg_ratio: float = field(
-        default=0.05,
-        metadata={"help": "Share of training questions that also get a hard negative from their hard_neg_docs."},
+        default=1.0,
+        metadata={
+            "help": "Share of training questions that also get a hard negative from their hard_neg_docs (LocalRQA's "
+            "default: 0.05)."
+        },
     )
     temperature: float | None = field(
         default=None,
         metadata={"help": "Softmax temperature of the contrastive loss. Default: the loss's own (0.05, LocalRQA's)."},
     )
+    # --- the replug loss (LocalRQA's RPG flags as aliases) ---
+    generator_model: str | None = field(
+        default=None,
+        metadata={
+            "aliases": ["--lm_model_path"],
+            "help": "replug: the generator whose answer likelihoods train the retriever. Default: the embedded one.",
+        },
+    )
+    refresh_steps: int | None = field(
+        default=None,
+        metadata={"aliases": ["--refresh_step"], "help": "replug: rebuild the index every N steps. Default: 50."},
+    )
+    num_docs: int | None = field(
+        default=None, metadata={"help": "replug: passages retrieved per training question. Default: 8."}
+    )
+    lm_temperature: float | None = field(
+        default=None, metadata={"help": "replug: temperature of the generator's distribution. Default: 0.1."}
+    )
+    retrieve_temperature: float | None = field(
+        default=None, metadata={"help": "replug: temperature of the retriever's distribution. Default: 0.1."}
+    )
     # --- rqa's own ---
+    mine_hard_negatives: int = field(
+        default=0,
+        metadata={
+            "help": "Also take each question's top K passages from the base model's index that are not gold (nor a "
+            "copy of a gold passage) as hard negatives. 0: only the records' hard_neg_docs."
+        },
+    )
     loss: str = field(default="contrastive", metadata={"help": "Retriever loss name (see `rqa list-plugins`)."})
     loss_option: list[str] = field(default_factory=list, metadata={"help": "Loss option KEY=VALUE."})
     top_k: int = field(default=4, metadata={"help": "Passages retrieved per question when evaluating."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Start over in an output directory that holds an earlier run."}
+    )
     config: str | None = field(default=None, metadata={"help": "YAML or JSON file holding any of these flags."})
 
     # Defaults suited to the job (the parents' own are for generic training).
     output_dir: str | None = field(
         default="runs/retriever", metadata={"help": "Where the sentence-transformers model and results go."}
     )
-    learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate."})
+    learning_rate: float = field(default=3e-5, metadata={"help": "Peak learning rate."})
+    per_device_train_batch_size: int = field(
+        default=32, metadata={"help": "Questions per batch: each is a negative for the others."}
+    )
     warmup_steps: float = field(default=0.1, metadata={"help": "Warm-up steps, or a share of all steps when below 1."})
     eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate: no, steps or epoch."})
     eval_steps: float | None = field(default=100, metadata={"help": "Evaluate every N steps."})
@@ -94,13 +131,13 @@ class RqaRetrieverTrainingArguments(SentenceTransformerTrainingArguments):
             raise ValueError(f"--hard_neg_ratio must be between 0 and 1, got {self.hard_neg_ratio}")
         if self.temperature is not None and not self.temperature > 0:
             raise ValueError(f"--temperature must be above 0, got {self.temperature}")
+        if self.mine_hard_negatives < 0:
+            raise ValueError(f"--mine_hard_negatives must be 0 or more, got {self.mine_hard_negatives}")
         if self.top_k < 1:
             raise ValueError(f"--top_k must be at least 1, got {self.top_k}")
         self.metric_for_best_model = map_metric_name(self.metric_for_best_model)
-        if self.dataloader_pin_memory is None:  # pinning on a CPU only makes PyTorch warn
-            import torch
-
-            self.dataloader_pin_memory = not self.use_cpu and torch.cuda.is_available()
+        settle_devices(self)
+        settle_progress(self)
         super().__post_init__()
 
 
@@ -111,3 +148,11 @@ def make_parser() -> HfArgumentParser:
 def parse_retriever_args(argv: list[str]) -> RqaRetrieverTrainingArguments:
     """Parse ``rqa train-retriever`` flags; ``--config FILE`` supplies defaults that the command line overrides."""
     return parse_with_config(make_parser(), RqaRetrieverTrainingArguments, argv)
+
+
+LOSS_FLAGS = ("temperature", "generator_model", "refresh_steps", "num_docs", "lm_temperature", "retrieve_temperature")
+
+
+def loss_flags(args: RqaRetrieverTrainingArguments) -> dict[str, object]:
+    """The loss options given as top-level flags (LocalRQA's way), by option name; unset ones left out."""
+    return {name: getattr(args, name) for name in LOSS_FLAGS if getattr(args, name) is not None}

@@ -10,15 +10,25 @@ metric, written as ``eval/step-N-*`` files like ``rqa train`` writes them.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rqa.errors import DataError, RqaError
+from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
+from transformers import TrainerCallback
+
+from rqa.contracts import SupportsRefresh, SupportsTrainingData
+from rqa.errors import RqaError
 from rqa.evaluation import prediction_row, score_rows, write_results
 from rqa.files import write_json_atomic
+from rqa.retriever_data import (
+    check_gold_in_database,
+    check_hard_negatives,
+    mine_hard_negatives,
+    training_dataset,
+    training_rows,
+)
 from rqa.schema import Document, Example
 
 if TYPE_CHECKING:
@@ -26,66 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rqa")
 POOLING_MODES = {"mean": "mean", "cls": "cls", "last": "lasttoken"}  # LocalRQA's names -> sentence-transformers'
-
-try:  # sentence-transformers 6 moved its evaluators; the old path still works there, with a warning
-    from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
-except ImportError:
-    from sentence_transformers.evaluation import SentenceEvaluator
-
-
-def check_hard_negatives(examples: Sequence[Example]) -> None:
-    """A hard negative that is one of the example's gold passages would teach the model to push the answer away."""
-    for example in examples:
-        gold_contents = {d.page_content for d in example.gold_docs}
-        gold_texts = {d.text for d in example.gold_docs}
-        for i, negative in enumerate(example.hard_neg_docs):
-            if negative.page_content in gold_contents or negative.text in gold_texts:
-                path, _, line = example.source.rpartition(":")
-                raise DataError(
-                    path or example.source,
-                    int(line) if line.isdigit() else None,
-                    "is the same passage as a gold passage of this question: a hard negative must not be gold",
-                    field=f"hard_neg_docs[{i}]",
-                )
-
-
-def training_rows(
-    examples: Sequence[Example], hard_neg_ratio: float, seed: int
-) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """(pairs, triplets): one row per gold passage, as LocalRQA flattens the data; ``hard_neg_ratio`` of the questions
-    (those with hard negatives first chosen at random) also carry one hard negative, in the triplets.
-
-    The question is the anchor exactly as rqa's retrievers are queried with it, and a passage is its ``text``
-    (``fmt_content``), as it is indexed, so training and retrieval see the same strings.
-    """
-    check_hard_negatives(examples)
-    rng = random.Random(seed)
-    eligible = [i for i, e in enumerate(examples) if e.hard_neg_docs]
-    wanted = min(len(eligible), round(hard_neg_ratio * len(examples)))
-    chosen = set(rng.sample(eligible, wanted))
-    pairs: list[dict[str, str]] = []
-    triplets: list[dict[str, str]] = []
-    for index, example in enumerate(examples):
-        negative = rng.choice(example.hard_neg_docs).text if index in chosen else None
-        for gold in example.gold_docs:
-            if negative is None:
-                pairs.append({"anchor": example.question, "positive": gold.text})
-            else:
-                triplets.append({"anchor": example.question, "positive": gold.text, "negative": negative})
-    return pairs, triplets
-
-
-def training_dataset(pairs: list[dict[str, str]], triplets: list[dict[str, str]]) -> Any:
-    """One dataset, or two when only some rows have a hard negative: a column cannot be missing in some rows,
-    so sentence-transformers draws each batch from one of them (its multi-dataset sampler, proportionally)."""
-    from datasets import Dataset, DatasetDict
-
-    def table(rows: list[dict[str, str]]) -> Any:
-        return Dataset.from_dict({key: [row[key] for row in rows] for key in rows[0]})
-
-    if pairs and triplets:
-        return DatasetDict({"hard-negatives": table(triplets), "pairs": table(pairs)})
-    return table(pairs or triplets)
 
 
 def load_embedder(name_or_path: str | None, pooling_type: str | None) -> Any:
@@ -102,14 +52,10 @@ def load_embedder(name_or_path: str | None, pooling_type: str | None) -> Any:
                 "--pooling_type %s ignored: %s is a sentence-transformers model with its own", pooling_type, path
             )
         return SentenceTransformer(path)
-    try:
-        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-    except ImportError:  # sentence-transformers before 6
-        from sentence_transformers.models import Pooling, Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
     encoder = Transformer(path)
-    dimension = getattr(encoder, "get_embedding_dimension", None) or encoder.get_word_embedding_dimension
-    pooling = Pooling(dimension(), pooling_mode=POOLING_MODES[pooling_type or "mean"])
+    pooling = Pooling(encoder.get_embedding_dimension(), pooling_mode=POOLING_MODES[pooling_type or "mean"])
     return SentenceTransformer(modules=[encoder, pooling])
 
 
@@ -123,10 +69,16 @@ class DatabaseRetrievalEvaluator(SentenceEvaluator):
     """
 
     def __init__(
-        self, examples: Sequence[Example], documents: Sequence[Document], top_k: int, metrics: dict[str, Any]
+        self,
+        examples: Sequence[Example],
+        documents: Sequence[Document],
+        top_k: int,
+        metrics: dict[str, Any],
+        quiet: bool = False,
     ) -> None:
         super().__init__()
         self.examples, self.documents, self.top_k, self.metrics = list(examples), list(documents), top_k, metrics
+        self.quiet = quiet
         self.primary_metric = f"retr/recall@{top_k}"
         self.greater_is_better = True
 
@@ -136,32 +88,52 @@ class DatabaseRetrievalEvaluator(SentenceEvaluator):
         return self.score(model, f"step-{max(steps, 0)}", Path(output_path) if output_path else None)
 
     def score(self, model: Any, name: str, output_dir: Path | None) -> dict[str, float]:
+        from rqa.progress import is_main_process, quiet_progress
         from rqa.retrieval import DenseFaissRetriever
 
         retriever = DenseFaissRetriever("dense-faiss", "model in training", encoder=model)
         retriever.documents = self.documents
-        retriever.index(self.documents, progress=False)
+        with quiet_progress(self.quiet):  # a bar while the database is embedded, on a terminal only
+            retriever.index(self.documents, progress=True)
         start = time.perf_counter()
         hits = retriever.retrieve([e.question for e in self.examples], self.top_k)
         per_question = (time.perf_counter() - start) / max(len(self.examples), 1)
         rows = [prediction_row(e, h, "", per_question, 0.0) for e, h in zip(self.examples, hits, strict=True)]
         scores = score_rows(rows, self.metrics)
-        if output_dir is not None:
+        if output_dir is not None and is_main_process():  # every process scores (each decides on the best model)
             write_results(output_dir, name, rows, scores)
         log.info("%s: %s %.3f", name, self.primary_metric, scores.get(self.primary_metric, float("nan")))
         return scores
 
 
+def _choose_loss(args: RqaRetrieverTrainingArguments) -> Any:
+    """The loss and its options; a loss flag (``--temperature``, ``--generator_model``…) that this loss does not
+    take is ignored with a warning rather than refused, since LocalRQA's scripts pass them whatever the loss."""
+    import inspect
+
+    from rqa.pipeline import choose
+    from rqa.plugins import get_plugins
+    from rqa.registry import parse_component_spec
+    from rqa.retriever_config import loss_flags
+
+    name, _ = parse_component_spec(args.loss, list(args.loss_option))
+    accepted = inspect.signature(get_plugins()["retriever_losses"].get(name).factory).parameters
+    flags = loss_flags(args)
+    for flag in sorted(set(flags) - set(accepted)):
+        log.warning("--%s is not an option of the retriever loss '%s': ignored", flag, name)
+    return choose("retriever_losses", args.loss, args.loss_option, **{k: v for k, v in flags.items() if k in accepted})
+
+
 def _read_inputs(args: RqaRetrieverTrainingArguments) -> tuple[dict[str, Any], Any]:
     """Every file and the loss, checked before any model loads; all problems reported at once."""
-    from rqa.pipeline import choose, choose_all
+    from rqa.pipeline import choose_all
     from rqa.schema import read_documents, read_examples
 
     if not args.train_file:
         raise RqaError("--train_file is required")
     checks: dict[str, Callable[[], Any]] = {
         "train": lambda: read_examples(args.train_file),
-        "loss": lambda: choose("retriever_losses", args.loss, args.loss_option, temperature=args.temperature),
+        "loss": lambda: _choose_loss(args),
     }
     if args.eval_file:
         checks["eval"] = lambda: read_examples(args.eval_file)
@@ -174,6 +146,8 @@ def _read_inputs(args: RqaRetrieverTrainingArguments) -> tuple[dict[str, Any], A
         if label in results:
             try:
                 check_hard_negatives(results[label])
+                if "documents" in results:
+                    check_gold_in_database(results[label], results["documents"])
             except RqaError as error:
                 problems.append(str(error))
     if problems:
@@ -181,16 +155,17 @@ def _read_inputs(args: RqaRetrieverTrainingArguments) -> tuple[dict[str, Any], A
     return results, results["loss"]
 
 
-def run_retriever_training(args: RqaRetrieverTrainingArguments) -> dict[str, Path]:
+def run_retriever_training(args: RqaRetrieverTrainingArguments, console: Any = None) -> dict[str, Path]:
     """Train, evaluate at step 0 and every ``--eval_steps``, save the model, predict the test file."""
+    from rqa.checkpoints import check_output_dir, clear_for_overwrite, record_test_scores, resume_path, save_trained
     from rqa.pipeline import load_database, metric_factories
+    from rqa.signals import StopOnSignal, StopRequested
 
     inputs, loss_choice = _read_inputs(args)
+    check_output_dir(args)
     train, evaluation, test = inputs["train"], inputs.get("eval", []), inputs.get("test", [])
-    pairs, triplets = training_rows(train, args.hard_neg_ratio, args.seed)
-    log.info("%d training rows, %d with a hard negative", len(pairs) + len(triplets), len(triplets))
     documents = inputs.get("documents")
-    if (evaluation or test) and documents is None:
+    if documents is None and (evaluation or test or args.mine_hard_negatives or loss_choice.name == "replug"):
         documents = load_database(None, [*train, *evaluation, *test])
     metrics = metric_factories(["retrieval"], args.top_k)
 
@@ -199,30 +174,96 @@ def run_retriever_training(args: RqaRetrieverTrainingArguments) -> dict[str, Pat
 
     model = load_embedder(args.model_name_or_path, args.pooling_type)
     loss = loss_choice.build(model=model)
-    evaluator = DatabaseRetrievalEvaluator(evaluation, documents, args.top_k, metrics) if evaluation else None
+    dataset = _training_data(args, loss, train, documents, model)
+    quiet = bool(args.disable_tqdm)
+    evaluator = DatabaseRetrievalEvaluator(evaluation, documents, args.top_k, metrics, quiet) if evaluation else None
     if evaluator is None:
         args.eval_strategy = IntervalStrategy.NO
         args.eval_on_start = False
         args.load_best_model_at_end = False
     output_dir = Path(args.output_dir)
+    stop = StopOnSignal()
+    callbacks = [stop] + ([RefreshCallback(loss)] if isinstance(loss, SupportsRefresh) else [])
     trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=training_dataset(pairs, triplets), loss=loss, evaluator=evaluator
+        model=model, args=args, train_dataset=dataset, loss=loss, evaluator=evaluator, callbacks=callbacks
     )
+    clear_for_overwrite(args)
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
         resolved = {**args.to_dict(), "resolved_loss": {"name": loss_choice.name, "options": loss_choice.options}}
         write_json_atomic(output_dir / "rqa_args.json", resolved)
-    trainer.train()
-    trainer.save_model(str(output_dir))
-    trainer.save_state()
-    results = {"model": output_dir, "trainer_state": output_dir / "trainer_state.json"}
+    try:
+        trainer.train(resume_from_checkpoint=resume_path(args))
+    except StopRequested:
+        stop.restore()
+        raise RqaError(f"stopped by {stop.received} before training began; nothing was saved") from None
+    results = save_trained(trainer, stop, output_dir)
     if (output_dir / "eval").is_dir():
         results["eval"] = output_dir / "eval"
-    if test and trainer.is_world_process_zero():
-        tester = DatabaseRetrievalEvaluator(test, documents, args.top_k, metrics)
-        scores = tester.score(trainer.model, "test", output_dir)
-        trainer.log({f"test_{k}": v for k, v in scores.items()})
-        trainer.save_state()
-        results["test_predictions"] = output_dir / "test-predictions.jsonl"
-        results["test_metrics"] = output_dir / "test-metrics.json"
+    if not trainer.is_world_process_zero():
+        return {}  # the main process predicts and reports
+    test_scores = None
+    if test:
+        tester = DatabaseRetrievalEvaluator(test, documents, args.top_k, metrics, quiet)
+        test_scores = tester.score(trainer.model, "test", output_dir)
+        results.update(record_test_scores(trainer, test_scores, output_dir))
+    _report(args, trainer, metrics, test_scores, results, console)
     return results
+
+
+def _report(
+    args: RqaRetrieverTrainingArguments,
+    trainer: Any,
+    metrics: dict[str, Any],
+    test_scores: dict[str, float] | None,
+    results: dict[str, Path],
+    console: Any,
+) -> None:
+    """``report.png`` and the end-of-run summary (base model → trained, test, glossary), as ``rqa train`` gives."""
+    from rqa.display import print_run_summary
+    from rqa.report import plot_run
+    from rqa.scoring import run_key_info
+
+    output_dir = Path(args.output_dir)
+    history = trainer.state.log_history
+    info = run_key_info(metrics, args.top_k)
+    title = f"rqa train-retriever: {output_dir.name}"
+    picture = plot_run(
+        history, output_dir / "report.png", args.top_k, output_dir / "eval", title, info, retrieval_only=True
+    )
+    if picture is not None:
+        results["report"] = picture
+    final_step = trainer.state.best_global_step if args.load_best_model_at_end else trainer.state.global_step
+    if console is not None:
+        print_run_summary(console, history, args.top_k, test_scores, final_step, info)
+
+
+def _training_data(
+    args: RqaRetrieverTrainingArguments, loss: Any, train: list[Example], documents: Any, model: Any
+) -> Any:
+    """The loss's own rows where it makes them (``SupportsTrainingData``), else question/gold pairs with a share of
+    hard negatives, mined first with ``--mine_hard_negatives``."""
+    if isinstance(loss, SupportsTrainingData):
+        return loss.training_data(train, documents)
+    if args.mine_hard_negatives:
+        began = time.perf_counter()
+        train = mine_hard_negatives(train, documents, model, args.mine_hard_negatives)
+        log.info("mined up to %d hard negatives per question in %.0f s", args.mine_hard_negatives,
+                 time.perf_counter() - began)  # fmt: skip
+    pairs, triplets = training_rows(train, args.hard_neg_ratio, args.seed)
+    log.info("%d training rows, %d with a hard negative", len(pairs) + len(triplets), len(triplets))
+    return training_dataset(pairs, triplets)
+
+
+class RefreshCallback(TrainerCallback):
+    """Calls a loss's ``refresh(model)`` before the first step (a resumed run's too) and every ``refresh_steps``."""
+
+    def __init__(self, loss: SupportsRefresh) -> None:
+        self.loss = loss
+        self.refreshed_at: int | None = None
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        step = state.global_step
+        if self.refreshed_at is None or step - self.refreshed_at >= self.loss.refresh_steps:
+            self.loss.refresh(model)
+            self.refreshed_at = step

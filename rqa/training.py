@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from rqa.checkpoints import check_output_dir, clear_for_overwrite, record_test_scores, resume_path, save_trained
 from rqa.config import RqaTrainingArguments
 from rqa.display import print_run_summary
 from rqa.errors import RqaError
@@ -55,10 +55,7 @@ def plan_training(args: RqaTrainingArguments) -> TrainPlan:
             checks[split] = partial(read_examples, path)
     if args.full_dataset_file_path:
         checks["documents"] = lambda: load_database(args.full_dataset_file_path, [])
-    checks["train_context"] = lambda: _check_choice("--train_context", args.train_context, ("gold", "raft"))
-    checks["output_dir"] = lambda: _check_output_dir(args)
-    checks["padding_free"] = lambda: _check_choice("--padding_free", args.padding_free, ("auto", "true", "false"))
-    checks["raft_source"] = lambda: _check_choice("--raft_source", args.raft_source, ("hard-negatives", "retriever"))
+    checks["output_dir"] = lambda: check_output_dir(args)
     results, problems = choose_all(checks)
     if problems:
         raise RqaError("the configuration has problems:\n  - " + "\n  - ".join(problems))
@@ -85,30 +82,6 @@ def _embedding_context(args: RqaTrainingArguments) -> dict[str, Any]:
     return {"embedding_model": args.eval_embedding_model} if args.eval_embedding_model else {}
 
 
-def _check_output_dir(args: RqaTrainingArguments) -> None:
-    """An earlier run's checkpoints are continued on request, replaced on request, never silently mixed."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    output_dir = Path(args.output_dir)
-    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    resume = _resume_path(args)
-    if resume is True and last is None:
-        raise RqaError(f"--resume_from_checkpoint latest: {output_dir} holds no checkpoint-N folder to resume")
-    if isinstance(resume, str) and not Path(resume).is_dir():
-        raise RqaError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
-    if last is not None and resume is None and not args.overwrite_output_dir:
-        raise RqaError(
-            f"{output_dir} holds an earlier run ({Path(last).name}); pass --resume_from_checkpoint latest "
-            "to continue it, or --overwrite_output_dir true to start over"
-        )
-
-
-def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise RqaError(f"{flag} must be one of {', '.join(choices)}, got '{value}'")
-    return value
-
-
 def run_training(args: RqaTrainingArguments, console: Any) -> dict[str, Path]:
     """Train, evaluate end to end, predict the test file; returns where the results went."""
     plan = plan_training(args)
@@ -125,12 +98,11 @@ def run_training(args: RqaTrainingArguments, console: Any) -> dict[str, Path]:
     from rqa.models import load_tokenizer, resolve_generator
     from rqa.pipeline import metric_factories
     from rqa.report import plot_run
+    from rqa.scoring import run_key_info
     from rqa.trainer import RqaTrainer
 
     output_dir = Path(args.output_dir)
-    if args.overwrite_output_dir and _resume_path(args) is None and args.process_index == 0:
-        for stale in [*output_dir.glob("checkpoint-*"), output_dir / "eval"]:
-            shutil.rmtree(stale, ignore_errors=True)  # start over: an earlier run's files must not mix in
+    clear_for_overwrite(args)
     model_path = resolve_generator(args.model_name_or_path)
     tokenizer = load_tokenizer(model_path)
     loss = plan.loss.build()
@@ -192,21 +164,14 @@ def run_training(args: RqaTrainingArguments, console: Any) -> dict[str, Path]:
     stop = StopOnSignal()
     trainer.add_callback(stop)
     try:
-        trainer.train(resume_from_checkpoint=_resume_path(args))
+        trainer.train(resume_from_checkpoint=resume_path(args))
     except StopRequested:  # during the base model's evaluation at step 0: nothing trained, nothing to save
         stop.restore()
         raise RqaError(
             f"stopped by {stop.received} while evaluating the base model (step 0), before training; nothing "
             "was saved: run the same command again to start over"
         ) from None
-    if stop.received:
-        raise RqaError(
-            f"stopped by {stop.received} at step {trainer.state.global_step}; a checkpoint was saved in "
-            f"{output_dir}: continue with --resume_from_checkpoint latest"
-        )
-    trainer.save_model(str(output_dir))
-    trainer.save_state()
-    results = {"model": output_dir, "trainer_state": output_dir / "trainer_state.json"}
+    results = save_trained(trainer, stop, output_dir)
     test_scores = None
     if test_evaluator is not None:
         try:
@@ -217,22 +182,20 @@ def run_training(args: RqaTrainingArguments, console: Any) -> dict[str, Path]:
                 f"stopped by {stop.received} while predicting the test file; the trained model is saved in "
                 f"{output_dir}: predict it with rqa evaluate --model {output_dir} --data {args.test_file}"
             ) from None
-        trainer.log({f"test_{k}": v for k, v in scores.items()})
-        trainer.save_state()
-        results["test_predictions"] = output_dir / "test-predictions.jsonl"
-        results["test_metrics"] = output_dir / "test-metrics.json"
+        results.update(record_test_scores(trainer, scores, output_dir))
         test_scores = scores
     if (output_dir / "eval").is_dir():
         results["eval"] = output_dir / "eval"
     if not is_main:
         return {}  # the main process reports
     history = trainer.state.log_history
-    picture = plot_run(history, output_dir / "report.png", top_k=args.top_k, eval_dir=output_dir / "eval")
+    info = run_key_info(metric_factories(plan.metrics, args.top_k))  # headline keys and glossary lines
+    picture = plot_run(history, output_dir / "report.png", top_k=args.top_k, eval_dir=output_dir / "eval", info=info)
     if picture is not None:
         results["report"] = picture
     # the saved model is the best checkpoint's with --load_best_model_at_end, else the last step's
     final_step = trainer.state.best_global_step if args.load_best_model_at_end else trainer.state.global_step
-    print_run_summary(console, history, args.top_k, test_scores, final_step)
+    print_run_summary(console, history, args.top_k, test_scores, final_step, info)
     return results
 
 
@@ -322,15 +285,6 @@ def _load_model(args: RqaTrainingArguments, model_path: str) -> Any:
         )
         model = get_peft_model(model, lora)
     return model
-
-
-def _resume_path(args: RqaTrainingArguments) -> str | bool | None:
-    value = args.resume_from_checkpoint
-    if value in (None, "", "false", "False"):
-        return None
-    if value in ("latest", "true", "True"):
-        return True
-    return value
 
 
 def _resolved_args(args: RqaTrainingArguments, plan: TrainPlan, model_path: str) -> dict[str, Any]:

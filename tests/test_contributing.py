@@ -13,6 +13,7 @@ import pytest
 from rqa import contracts
 from rqa.plugins import load_plugins
 from rqa.schema import Document, Example, Turn
+from rqa.scoring import headline_keys, run_key_info
 
 GUIDE = Path(__file__).resolve().parents[1] / "CONTRIBUTING.md"
 BLOCK = re.compile(r"<!-- plugin: ([a-z0-9][a-z0-9._-]*) -->\n```python\n(.*?)```", re.DOTALL)
@@ -22,6 +23,7 @@ EXPECTED = {  # plugin name -> what its block registers
     "gemma-format": {("formatters", "gemma"), ("formatters", "plain-qa")},
     "word-overlap": {("retrievers", "word-overlap")},
     "symmetric-loss": {("retriever_losses", "symmetric")},
+    "extractive-generator": {("generators", "extractive")},
 }
 DOCS = [Document("The capital of France is Paris."), Document("Berlin is in Germany."), Document("Rome, Italy.")]
 EXAMPLE = Example(
@@ -89,6 +91,8 @@ def test_the_metric_example_scores_rows(installed):
 
     assert metric.compute() == {"gen/exact_match": 0.5}
     assert isinstance(metric, contracts.SupportsPerRow)
+    assert isinstance(metric, contracts.SupportsMetadata)
+    assert headline_keys(run_key_info({"exact-match": lambda: metric})) == ["gen/exact_match"]
 
 
 def test_the_loss_example_computes_and_matches_cross_entropy_at_gamma_zero(installed):
@@ -132,3 +136,9 @@ def test_the_retriever_example_indexes_reuses_and_retrieves(installed, tmp_path)
 
     assert hits[0][0].page_content == DOCS[0].page_content
     assert len(hits) == 2 and hits[0][1] >= hits[1][1]
+
+
+def test_the_generator_example_answers_and_chats(installed):
+    generator = load_plugins()["generators"].build("extractive")
+    assert generator.answer([EXAMPLE], [DOCS], max_new_tokens=16) == ["The capital of France is Paris."]
+    assert generator.chat([[{"role": "user", "content": "Hello there"}]]) == ["Hello there"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,17 @@ def test_trains_evaluates_over_the_database_and_saves_a_sentence_transformers_mo
     assert any("test_retr/recall@4" in entry for entry in state["log_history"])
     assert state["best_metric"] is not None  # --metric_for_best_model found eval_retr/recall@4
     assert json.loads((out / "rqa_args.json").read_text())["resolved_loss"]["name"] == "contrastive"
+
+    from rqa.report import build_report_figure
+
+    assert (out / "report.png").stat().st_size > 10_000
+    figure = build_report_figure(state["log_history"], 4, out / "eval", retrieval_only=True)
+    titles = [axes.get_title(loc="left") for axes in figure.axes]
+    assert titles[1] == "(b) Retrieval from the whole database, eval set"
+    assert titles[3] == "(d) Where retrieval fails, eval set, 10 questions"
+    legend = [text.get_text() for text in figure.axes[3].get_legend().get_texts()]
+    assert legend == ["retrieval miss: no gold passage among the retrieved", "gold retrieved: a gold passage among "
+                      "the retrieved"]  # fmt: skip
 
 
 def test_plain_hf_encoder_is_pooled_as_asked(tiny_embedder):
@@ -187,3 +199,176 @@ def test_contrastive_equals_multiple_negatives_ranking_loss_with_scale_one_over_
         reference = MultipleNegativesRankingLoss(model, scale=10.0)(features, None)
     assert torch.isclose(ours, reference)
     assert loss.scale == pytest.approx(10.0)
+    assert loss.gather_across_devices  # under several processes, every process's passages are negatives
+
+
+# --- hard negatives, the database check, replug, stopping and resuming ---------------------------------------
+
+
+def test_mined_hard_negatives_are_never_gold_nor_a_copy_of_it(tiny_embedder):
+    from helpers import document, example
+    from sentence_transformers import SentenceTransformer
+
+    from rqa.retriever_data import mine_hard_negatives
+    from rqa.schema import Document
+
+    gold = "Descale the kettle every four weeks if your water is hard."
+    copy = Document(page_content=gold, fmt_content=f"Title: A copy\nContent: {gold}")  # same passage, other title
+    others = [document(f"Passage {i} about kettles, lids and warranty number {i}.") for i in range(6)]
+    own_negative = document("The lid opens with the button on the handle.")
+    question = example(passages=(gold,))
+    question = type(question)(**{**question.__dict__, "hard_neg_docs": (own_negative,)})
+    database = [document(gold), copy, *others, own_negative]
+
+    model = SentenceTransformer(str(tiny_embedder / "st"))
+    [mined] = mine_hard_negatives([question], database, model, 3)
+
+    assert mined.hard_neg_docs[0] == own_negative  # the record's own come first
+    assert len(mined.hard_neg_docs) == 4  # its own plus three mined, none repeated
+    assert len({d.page_content for d in mined.hard_neg_docs}) == 4
+    assert all(d.page_content != gold for d in mined.hard_neg_docs)
+
+
+def test_gold_passage_missing_from_the_database_names_file_and_line(tmp_path, capsys):
+    rows = example_rows()
+    rows[3]["gold_docs"][0]["page_content"] = "A passage that the database does not hold."
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    code = run(
+        *("--train_file", str(train), "--full_dataset_file_path", str(EXAMPLE / "documents.jsonl")),
+        *("--output_dir", str(tmp_path / "out")),
+    )
+    assert code == 1
+    assert f"{train}:4: field 'gold_docs[0]': is not in the document database" in capsys.readouterr().err
+
+
+def test_answer_likelihood_is_minus_the_models_own_answer_loss(tiny_model_dir):
+    import torch
+    from helpers import document, example
+
+    from rqa.replug import AnswerLikelihood
+
+    likelihood = AnswerLikelihood(str(tiny_model_dir), "auto", max_seq_length=512, batch_size=4)
+    question = example()
+    passages = [document("Descale monthly."), document("The warranty lasts two years, parts and labour.")]
+    [scores] = likelihood.scores([question], [0], [passages]).tolist()
+
+    for passage, score in zip(passages, scores, strict=True):
+        encoded = likelihood.encoder.encode(question, [passage])
+        with torch.no_grad():
+            loss = likelihood.model(
+                input_ids=torch.tensor([encoded["input_ids"]]), labels=torch.tensor([encoded["labels"]])
+            ).loss
+        assert score == pytest.approx(-loss.item(), abs=1e-4)  # padded batch == each pair alone
+    assert likelihood.scored_pairs == 2
+    likelihood.scores([question], [0], [passages[::-1]])
+    assert likelihood.scored_pairs == 2  # the frozen generator's scores are cached
+
+
+def test_replug_trains_through_the_cli_refreshing_its_index(tiny_embedder, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "replug"
+    code = run(
+        *("--model_name_or_path", str(tiny_embedder / "st"), "--loss", "replug"),
+        *("--generator_model", str(tiny_model_dir), "--num_docs", "3", "--refresh_step", "2"),
+        *("--train_file", str(EXAMPLE / "train_w_qa.jsonl")),
+        *("--full_dataset_file_path", str(EXAMPLE / "documents.jsonl")),
+        *("--output_dir", str(out), "--max_steps", "3", "--per_device_train_batch_size", "4"),
+        *("--save_strategy", "no", "--report_to", "none", "--logging_steps", "1"),
+    )
+    assert code == 0
+    assert capsys.readouterr().out.count("replug: refreshed the index") == 2  # before steps 0 and 2
+    state = json.loads((out / "trainer_state.json").read_text())
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert len(losses) == 3 and all(loss == loss and loss >= 0 for loss in losses)  # KL: finite, non-negative
+    resolved = json.loads((out / "rqa_args.json").read_text())["resolved_loss"]
+    assert resolved == {"name": "replug", "options": {"generator_model": str(tiny_model_dir), "refresh_steps": 2,
+                                                      "num_docs": 3}}  # fmt: skip
+
+
+def test_loss_flags_another_loss_takes_are_ignored_with_a_warning(tmp_path, caplog):
+    from rqa.retriever_training import _choose_loss
+
+    args = parse_retriever_args(["--train_file", "x", "--generator_model", "gpt", "--temperature", "0.1"])
+    with caplog.at_level("WARNING", logger="rqa"):
+        choice = _choose_loss(args)
+    assert choice.options == {"temperature": 0.1}
+    assert "--generator_model is not an option of the retriever loss 'contrastive': ignored" in caplog.text
+
+
+@pytest.fixture
+def rediscover_plugins():
+    """This process discovered plugins before the test wrote its own: discover again, and again after."""
+    from rqa.plugins import get_plugins
+
+    get_plugins.cache_clear()
+    yield
+    get_plugins.cache_clear()
+
+
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes(
+    tiny_embedder, make_plugin, rediscover_plugins, tmp_path, capsys
+):
+    make_plugin(
+        "sigterm-loss",
+        """
+        import signal
+
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+        from rqa import hookimpl
+
+
+        class StopsTheRun(MultipleNegativesRankingLoss):
+            def forward(self, features, labels):
+                signal.raise_signal(signal.SIGTERM)  # as a scheduler would, in the middle of step 1
+                return super().forward(features, labels)
+
+
+        @hookimpl
+        def register_retriever_losses(register):
+            register("sigterm", lambda model: StopsTheRun(model))
+        """,
+    )
+    out = tmp_path / "run"
+    common = (
+        *("--model_name_or_path", str(tiny_embedder / "st"), "--train_file", str(EXAMPLE / "train_w_qa.jsonl")),
+        *("--output_dir", str(out), "--per_device_train_batch_size", "4", "--report_to", "none"),
+        *("--save_steps", "100", "--logging_steps", "1"),
+    )
+    assert run(*common, "--loss", "sigterm", "--max_steps", "3") == 1
+    assert "stopped by SIGTERM at step 1" in capsys.readouterr().err
+    assert (out / "checkpoint-1").is_dir()
+
+    assert run(*common, "--max_steps", "2") == 1  # never silently mixed with the earlier run
+    assert "--resume_from_checkpoint" in capsys.readouterr().err
+    assert run(*common, "--max_steps", "2", "--resume_from_checkpoint", "latest") == 0
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    assert [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2]
+
+
+def test_two_processes_gather_negatives_and_one_writes(tiny_embedder, tmp_path):
+    """torchrun, two CPU processes over gloo: each process's batch half sees the other's passages as negatives
+    (the loss gathers them), every process scores each evaluation, only the main one writes and reports."""
+    import subprocess
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    out = tmp_path / "run"
+    command = [
+        str(bin_dir / "torchrun"), "--nproc_per_node", "2", str(bin_dir / "rqa"), "train-retriever",
+        "--model_name_or_path", str(tiny_embedder / "st"), "--train_file", str(EXAMPLE / "train_w_qa.jsonl"),
+        "--eval_file", str(EXAMPLE / "eval_w_qa.jsonl"), "--test_file", str(EXAMPLE / "test_w_qa.jsonl"),
+        "--full_dataset_file_path", str(EXAMPLE / "documents.jsonl"), "--output_dir", str(out),
+        "--max_steps", "2", "--eval_steps", "2", "--save_strategy", "no", "--per_device_train_batch_size", "4",
+        "--report_to", "none", "--logging_steps", "1", "--disable_tqdm", "true",
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("Done. Results:") == 1
+    for step in (0, 2):
+        rows = (out / "eval" / f"step-{step}-predictions.jsonl").read_text().splitlines()
+        assert len(rows) == 10  # every question once: one process wrote
+    assert len((out / "test-predictions.jsonl").read_text().splitlines()) == 10
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert sum("eval_retr/recall@4" in entry for entry in state["log_history"]) == 2

@@ -11,19 +11,49 @@ from typing import Any
 from rqa.hookspecs import hookimpl
 
 
-def contrastive(model: Any, temperature: float = 0.05) -> Any:
-    """InfoNCE over in-batch and hard negatives with a temperature, as LocalRQA's CTL (option: temperature)."""
+def contrastive(model: Any, temperature: float = 0.05, mini_batch_size: int = 0) -> Any:
+    """InfoNCE over in-batch and hard negatives with a temperature, as LocalRQA's CTL (options: temperature,
+    mini_batch_size)."""
     if not temperature > 0:
         raise ValueError(f"temperature must be above 0, got {temperature}")
-    try:
-        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-    except ImportError:  # sentence-transformers before 6
-        from sentence_transformers.losses import MultipleNegativesRankingLoss
+    if mini_batch_size < 0:
+        raise ValueError(f"mini_batch_size must be 0 (off) or more, got {mini_batch_size}")
+    from sentence_transformers.sentence_transformer import losses
 
-    # cosine similarities scaled by 1/temperature, softmax cross-entropy against every passage in the batch
-    return MultipleNegativesRankingLoss(model, scale=1.0 / temperature)
+    # cosine similarities scaled by 1/temperature, softmax cross-entropy against every passage in the batch, and
+    # under several processes against every process's passages (gathered; a no-op in a single process)
+    if mini_batch_size:  # GradCache: a large batch's negatives in the memory of a mini-batch, for ~20 % more time
+        return losses.CachedMultipleNegativesRankingLoss(
+            model, scale=1.0 / temperature, mini_batch_size=mini_batch_size, gather_across_devices=True
+        )
+    return losses.MultipleNegativesRankingLoss(model, scale=1.0 / temperature, gather_across_devices=True)
+
+
+def replug(
+    model: Any,
+    generator_model: str | None = None,
+    formatter: str = "auto",
+    num_docs: int = 8,
+    lm_temperature: float = 0.1,
+    retrieve_temperature: float = 0.1,
+    refresh_steps: int = 50,
+    max_seq_length: int = 1024,
+    batch_size: int = 8,
+) -> Any:
+    """Distil the generator's likelihood of the gold answer over retrieved passages into the retriever (REPLUG, RPG)."""
+    for name, value in (("lm_temperature", lm_temperature), ("retrieve_temperature", retrieve_temperature)):
+        if not value > 0:
+            raise ValueError(f"{name} must be above 0, got {value}")
+    for name, value in (("num_docs", num_docs), ("refresh_steps", refresh_steps), ("batch_size", batch_size)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    from rqa.replug import AnswerLikelihood, ReplugLoss
+
+    likelihood = AnswerLikelihood(generator_model, formatter, max_seq_length, batch_size, device=model.device)
+    return ReplugLoss(model, likelihood, num_docs, lm_temperature, retrieve_temperature, refresh_steps)
 
 
 @hookimpl
 def register_retriever_losses(register) -> None:
     register("contrastive", contrastive)
+    register("replug", replug)

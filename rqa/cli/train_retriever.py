@@ -11,6 +11,7 @@ WHAT = {
     "test_predictions": "every test question with its retrieved passages",
     "test_metrics": "the test retrieval metrics, with 95 % intervals",
     "trainer_state": "the training history (log_history: every logged loss and metric)",
+    "report": "loss, retrieval metrics per evaluation (step 0: the base model) and the test result",
 }
 
 
@@ -35,9 +36,12 @@ def train_retriever(ctx: click.Context) -> None:
     from rqa.display import make_console, setup_logging
     from rqa.retriever_training import run_retriever_training
 
-    setup_logging(make_console())
+    console = make_console()
+    setup_logging(console)
     args = parse_retriever_args(argv)
-    results = run_retriever_training(args)
+    results = run_retriever_training(args, console)
+    if not results:
+        return  # another process than the main one: the main one reports
     click.echo("Done. Results:")
     width = max(len(str(path)) for path in results.values())
     for label, path in results.items():

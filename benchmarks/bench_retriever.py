@@ -1,0 +1,176 @@
+"""Retriever training on Faire: base MiniLM vs `rqa train-retriever` vs a plain sentence-transformers script.
+
+Quality: every variant's model retrieves the top 4 of the whole 1758-item Faire database for each test question
+through the real CLI (`rqa evaluate --retrieval_only`, or the test predictions `rqa train-retriever` writes), scored
+with the same metric and 95 % bootstrap intervals. The plain script is what a user would write from
+sentence-transformers' documentation: question/gold-passage pairs, in-batch negatives
+(MultipleNegativesRankingLoss), batch 32, learning rate 3e-5, three epochs.
+
+Speed: training samples/s of `rqa train-retriever` vs that plain script on the same data, batch, loss and epochs
+(no hard negatives, no evaluation while training), each in its own process, one after the other.
+
+    .venv/bin/python benchmarks/bench_retriever.py                       # base, plain, rqa defaults, speed
+    .venv/bin/python benchmarks/bench_retriever.py --variants base rqa replug
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from common import (
+    CACHE_DIR,
+    DATA_DIR,
+    Timer,
+    emit_json,
+    load_average,
+    markdown_table,
+    print_table,
+    ratio,
+    run_child,
+    section_preamble,
+    wait_for_quiet,
+    write_section,
+)
+
+RQA = str(Path(sys.executable).parent / "rqa")
+KEYS = ("retr/recall@1", "retr/recall@4", "retr/ndcg@4", "retr/mrr")
+VARIANTS = ("base", "plain", "rqa", "replug", "speed")
+DOCUMENTS = str(DATA_DIR / "documents.pkl")
+PLAIN = {"batch": 32, "learning_rate": 3e-5, "epochs": 3}
+# one epoch of 8-question batches: each step scores 8 x 4 passages with the generator (the costly part on a CPU)
+REPLUG_FLAGS = ["--loss", "replug", "--num_docs", "4", "--refresh_steps", "24", "--per_device_train_batch_size", "8",
+                "--num_train_epochs", "1"]  # fmt: skip
+
+
+def plain_script(output: str, epochs: float, max_rows: int | None = None) -> None:
+    """The child: a plain sentence-transformers fine-tuning script, as its documentation shows one."""
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    from rqa.models import resolve_embedder
+    from rqa.schema import read_examples
+
+    examples = read_examples(DATA_DIR / "train_w_qa.jsonl")[:max_rows]
+    pairs = {"anchor": [e.question for e in examples], "positive": [e.gold_docs[0].text for e in examples]}
+    model = SentenceTransformer(resolve_embedder(None))
+    args = SentenceTransformerTrainingArguments(
+        output_dir=output, num_train_epochs=epochs, per_device_train_batch_size=PLAIN["batch"],
+        learning_rate=PLAIN["learning_rate"], save_strategy="no", report_to="none", disable_tqdm=True,
+        logging_steps=10,
+    )  # fmt: skip
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=Dataset.from_dict(pairs), loss=MultipleNegativesRankingLoss(model)
+    )
+    with Timer() as timer:
+        trainer.train()
+    model.save(output)
+    emit_json({"samples_per_s": len(examples) * epochs / timer.seconds, "seconds": timer.seconds})
+
+
+def evaluate_retrieval(model: str, output: Path) -> dict[str, float]:
+    """`rqa evaluate --retrieval_only` on the Faire test set with ``model`` as the embedder."""
+    command = [
+        RQA, "evaluate", "--retrieval_only", "--data", str(DATA_DIR / "test_w_qa.jsonl"), "--documents", DOCUMENTS,
+        "--index", str(output / "index"), "--output_dir", str(output), *(["--embedding_model", model] if model else []),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads((output / "metrics.json").read_text())
+
+
+def train_retriever(output: Path, extra: list[str]) -> tuple[dict[str, float], dict[str, Any], float]:
+    """`rqa train-retriever` with its defaults plus ``extra``; (test metrics, last trainer log entry, seconds)."""
+    command = [
+        RQA, "train-retriever", "--train_file", str(DATA_DIR / "train_w_qa.jsonl"),
+        "--eval_file", str(DATA_DIR / "eval_w_qa.jsonl"), "--test_file", str(DATA_DIR / "test_w_qa.jsonl"),
+        "--full_dataset_file_path", DOCUMENTS, "--output_dir", str(output), "--overwrite_output_dir", "true",
+        "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no", *extra,
+    ]  # fmt: skip
+    with Timer() as timer:
+        done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"rqa train-retriever failed:\n{done.stderr[-3000:]}")
+    state = json.loads((output / "trainer_state.json").read_text())
+    summary = next(e for e in reversed(state["log_history"]) if "train_runtime" in e)
+    return json.loads((output / "test-metrics.json").read_text()), summary, timer.seconds
+
+
+def cell(scores: dict[str, float], key: str) -> str:
+    low, high = scores.get(f"ci95_low/{key}"), scores.get(f"ci95_high/{key}")
+    value = f"{scores[key]:.3f}"
+    return f"{value} [{low:.2f}, {high:.2f}]" if low is not None and high is not None else value
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["base", "plain", "rqa", "speed"])
+    parser.add_argument("--epochs", type=float, default=PLAIN["epochs"], help="of the plain script and the speed runs")
+    parser.add_argument("--no_write", action="store_true")
+    parser.add_argument("--child_plain", help=argparse.SUPPRESS)
+    parser.add_argument("--child_rows", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child_plain:
+        plain_script(args.child_plain, args.epochs, args.child_rows)
+        return 0
+
+    work = CACHE_DIR / "retriever"
+    work.mkdir(parents=True, exist_ok=True)
+    load_before = load_average()
+    quality: dict[str, tuple[dict[str, float], str]] = {}
+    speed: dict[str, float] = {}
+    if "base" in args.variants:
+        wait_for_quiet()
+        quality["base all-MiniLM-L6-v2"] = (evaluate_retrieval("", work / "base"), "—")
+    if "plain" in args.variants:
+        wait_for_quiet()
+        result = run_child([__file__, "--child_plain", str(work / "plain"), "--epochs", str(args.epochs)])
+        speed["plain sentence-transformers script"] = result["samples_per_s"]
+        label = f"plain script: in-batch negatives, batch 32, lr 3e-5, {args.epochs:g} epochs"
+        quality[label] = (evaluate_retrieval(str(work / "plain"), work / "plain-eval"), f"{result['seconds']:.0f}")
+    if "rqa" in args.variants:
+        wait_for_quiet()
+        scores, _, seconds = train_retriever(work / "rqa", [])
+        quality["`rqa train-retriever` (defaults)"] = (scores, f"{seconds:.0f}")
+    if "replug" in args.variants:
+        wait_for_quiet()
+        scores, _, seconds = train_retriever(work / "replug", REPLUG_FLAGS)
+        quality["`rqa train-retriever " + " ".join(REPLUG_FLAGS) + "`"] = (scores, f"{seconds:.0f}")
+    if "speed" in args.variants:
+        wait_for_quiet()
+        same = ["--hard_neg_ratio", "0", "--per_device_train_batch_size", "32", "--learning_rate", "3e-5",
+                "--num_train_epochs", str(args.epochs), "--eval_strategy", "no", "--eval_on_start", "false",
+                "--warmup_steps", "0", "--temperature", "0.05"]  # fmt: skip
+        _, summary, _ = train_retriever(work / "speed", same)
+        speed["rqa train-retriever"] = summary["train_samples_per_second"]
+
+    rows = [[label, *(cell(s, k) for k in KEYS), seconds] for label, (s, seconds) in quality.items()]
+    columns = ["test set, top 4 of 1758 passages", *KEYS, "training s"]
+    print_table("Faire test retrieval", columns, rows)
+    body = [f"## Retriever training (Faire test set)\n\n{section_preamble(load_before)}\n"]
+    if rows:
+        body.append(markdown_table(columns, rows) + "\n\n95 % bootstrap intervals in brackets; 75 test questions.")
+    if len(speed) == 2:
+        rqa_rate, plain_rate = speed["rqa train-retriever"], speed["plain sentence-transformers script"]
+        speed_rows = [["plain sentence-transformers script", f"{plain_rate:.1f}", "1.00×"],
+                      ["`rqa train-retriever`", f"{rqa_rate:.1f}", ratio(rqa_rate, plain_rate)]]  # fmt: skip
+        print_table("training speed", ["", "samples/s", "ratio"], speed_rows)
+        body.append(
+            "\nTraining speed, same data, batch 32, loss and epochs, no evaluation:\n\n"
+            + markdown_table(["", "samples/s", "vs plain"], speed_rows)
+        )
+    if not args.no_write:
+        write_section("bench_retriever", "\n".join(body))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,123 @@
+"""What ``rqa train-retriever`` trains on: checked QA records, mined hard negatives, sentence-transformers datasets.
+
+A passage is always its ``text`` (``fmt_content``), as rqa indexes it, and a question is the string rqa's
+retrievers are queried with, so training and retrieval see the same strings. "The same passage" means the same
+``page_content``, as in rqa's retrieval metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from rqa.errors import DataError, RqaError
+from rqa.schema import Document, Example
+
+log = logging.getLogger("rqa")
+
+
+def _data_error(example: Example, message: str, field: str) -> DataError:
+    path, _, line = example.source.rpartition(":")
+    return DataError(path or example.source, int(line) if line.isdigit() else None, message, field=field)
+
+
+def _is_gold(document: Document, example: Example) -> bool:
+    return any(document.page_content == g.page_content or document.text == g.text for g in example.gold_docs)
+
+
+def check_hard_negatives(examples: Sequence[Example]) -> None:
+    """A hard negative that is one of the example's gold passages would teach the model to push the answer away."""
+    for example in examples:
+        for i, negative in enumerate(example.hard_neg_docs):
+            if _is_gold(negative, example):
+                raise _data_error(
+                    example,
+                    "is the same passage as a gold passage of this question: a hard negative must not be gold",
+                    f"hard_neg_docs[{i}]",
+                )
+
+
+def check_gold_in_database(examples: Sequence[Example], documents: Sequence[Document], limit: int = 5) -> None:
+    """Every gold passage must be retrievable: one missing from the database caps recall below 1 and, in training,
+    rewards the model for finding a passage evaluation can never return. Reports up to ``limit`` of them."""
+    known = {d.page_content for d in documents}
+    problems = [
+        str(_data_error(example, "is not in the document database (no passage there has this page_content)", field))
+        for example in examples
+        for i, gold in enumerate(example.gold_docs)
+        if gold.page_content not in known
+        for field in [f"gold_docs[{i}]"]
+    ]
+    if problems:
+        more = f"\n… and {len(problems) - limit} more" if len(problems) > limit else ""
+        raise RqaError("\n".join(problems[:limit]) + more)
+
+
+def mine_hard_negatives(
+    examples: Sequence[Example], documents: Sequence[Document], encoder: Any, count: int
+) -> list[Example]:
+    """Each example with up to ``count`` more hard negatives: the passages ``encoder`` ranks highest for its question
+    that are neither gold nor a copy of a gold passage, after the record's own ``hard_neg_docs``.
+
+    sentence-transformers' ``mine_hard_negatives`` knows one positive per row; a question here may have several
+    gold passages, and a database may hold a gold passage twice under different titles, so rqa filters itself.
+    """
+    from rqa.retrieval import DenseFaissRetriever
+
+    if count <= 0 or not examples:
+        return list(examples)
+    retriever = DenseFaissRetriever("dense-faiss", "model in training", encoder=encoder)
+    retriever.documents = list(documents)
+    retriever.index(retriever.documents, progress=False)
+    depth = count + max(len(e.gold_docs) for e in examples) + 8  # room for gold passages and their copies
+    hits = retriever.retrieve([e.question for e in examples], depth)
+    mined: list[Example] = []
+    for example, ranked in zip(examples, hits, strict=True):
+        pool = {d.page_content: d for d in example.hard_neg_docs}
+        found = 0
+        for document, _ in ranked:
+            if found == count:
+                break
+            if not _is_gold(document, example) and document.page_content not in pool:
+                pool[document.page_content] = document
+                found += 1
+        mined.append(dataclasses.replace(example, hard_neg_docs=tuple(pool.values())))
+    return mined
+
+
+def training_rows(
+    examples: Sequence[Example], hard_neg_ratio: float, seed: int
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(pairs, triplets): one row per gold passage, as LocalRQA flattens the data; ``hard_neg_ratio`` of the questions
+    (those with hard negatives, chosen at random) also carry one of their hard negatives, in the triplets."""
+    check_hard_negatives(examples)
+    rng = random.Random(seed)
+    eligible = [i for i, e in enumerate(examples) if e.hard_neg_docs]
+    wanted = min(len(eligible), round(hard_neg_ratio * len(examples)))
+    chosen = set(rng.sample(eligible, wanted))
+    pairs: list[dict[str, str]] = []
+    triplets: list[dict[str, str]] = []
+    for index, example in enumerate(examples):
+        negative = rng.choice(example.hard_neg_docs).text if index in chosen else None
+        for gold in example.gold_docs:
+            if negative is None:
+                pairs.append({"anchor": example.question, "positive": gold.text})
+            else:
+                triplets.append({"anchor": example.question, "positive": gold.text, "negative": negative})
+    return pairs, triplets
+
+
+def training_dataset(pairs: list[dict[str, str]], triplets: list[dict[str, str]]) -> Any:
+    """One dataset, or two when only some rows have a hard negative: a column cannot be missing in some rows,
+    so sentence-transformers draws each batch from one of them (its multi-dataset sampler, proportionally)."""
+    from datasets import Dataset, DatasetDict
+
+    def table(rows: list[dict[str, str]]) -> Any:
+        return Dataset.from_dict({key: [row[key] for row in rows] for key in rows[0]})
+
+    if pairs and triplets:
+        return DatasetDict({"hard-negatives": table(triplets), "pairs": table(pairs)})
+    return table(pairs or triplets)
