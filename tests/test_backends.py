@@ -165,3 +165,15 @@ def test_an_unreachable_endpoint_is_a_clear_error_after_its_retries():
     generator = build_generator(f"openai:base_url=http://127.0.0.1:{free_port()}/v1,model=m,retries=1,backoff=0")
     with pytest.raises(RqaError, match=r"127.0.0.1:\d+/v1/\w+: ConnectError"):
         generator.chat([[{"role": "user", "content": "hi"}]])
+
+
+def test_hf_chat_renders_the_models_chat_template(tiny_model_dir):
+    from helpers import embedded_tokenizer
+
+    generator = build_generator(f"hf:model={tiny_model_dir}")
+    conversation = [{"role": "user", "content": "Say hello."}]
+    replies = generator.chat([conversation, conversation], max_new_tokens=3)
+    assert len(replies) == 2 and replies[0] == replies[1] and isinstance(replies[0], str)  # greedy, one per input
+    tokenizer = embedded_tokenizer()
+    text = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    assert text.endswith("<|im_start|>assistant\n")  # the template's generation prompt, which the model continues

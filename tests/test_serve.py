@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -140,18 +138,3 @@ def test_feedback_is_appended_and_bad_feedback_refused(server):
     assert {**record, "comment": "wrong", "model": "rqa-embedded"}.items() <= rows[-1].items()
     bad = httpx.post(f"{server.url}/feedback", json={**record, "rating": "meh"}, headers=server.headers)
     assert bad.status_code == 400 and "rating" in bad.json()["error"]["message"]
-
-
-def test_sigterm_finishes_the_request_in_flight_then_exits(server):
-    result: dict[str, httpx.Response] = {}
-    thread = threading.Thread(target=lambda: result.update(r=chat(server, questions()[1], max_tokens=12)))
-    thread.start()
-    time.sleep(1.0)  # the request is in: generating 12 tokens over a long prompt takes longer on a CPU
-    server.process.send_signal(signal.SIGTERM)
-    thread.join(timeout=120)
-
-    assert result["r"].status_code == 200 and result["r"].json()["choices"][0]["message"]["content"]
-    assert server.process.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
-    assert "stopped" in server.log.read_text()
-    with pytest.raises(httpx.TransportError):
-        httpx.get(f"{server.url}/health", timeout=2)

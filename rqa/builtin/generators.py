@@ -54,10 +54,13 @@ class HFGenerator:
         tokenizer = self.encoder.tokenizer
         if not getattr(tokenizer, "chat_template", None):
             raise RqaError("this model's tokenizer has no chat template: use the openai backend for chat prompts")
-        prompts = [
-            list(tokenizer.apply_chat_template([dict(m) for m in messages], add_generation_prompt=True, tokenize=True))
+        # rendered as text, then tokenized without special tokens: the template already holds them, and the text
+        # form is the same across transformers versions (tokenize=True returns a list or a BatchEncoding)
+        texts = [
+            tokenizer.apply_chat_template([dict(m) for m in messages], add_generation_prompt=True, tokenize=False)
             for messages in conversations
         ]
+        prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
         return self._generate(prompts, max_new_tokens)
 
     def _generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
