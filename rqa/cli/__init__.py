@@ -23,10 +23,13 @@ COMMANDS = {
     "evaluate": ("rqa.cli.evaluate:evaluate", "Evaluate a saved model end to end."),
     "index": ("rqa.cli.index:index", "Build, or check, the retrieval index of a document database."),
     "list-plugins": ("rqa.cli.list_plugins:list_plugins", "List every registered component by kind."),
+    "plugin": ("rqa.cli.plugin:plugin", "Start a plugin package: rqa plugin new NAME --kind KIND."),
     "prepare": ("rqa.cli.prepare:prepare", "Chunk raw documents by tokens into a document database."),
     "render": ("rqa.cli.render:render", "Show one example as the model sees it, with token counts."),
     "ask": ("rqa.cli.ask:ask", "Answer one question from the document database."),
     "chat": ("rqa.cli.ask:chat", "Chat over the document database, history included."),
+    "serve": ("rqa.cli.serve:serve", "Serve a model over an OpenAI-compatible API with a chat page."),
+    "generate": ("rqa.cli.generate:generate", "Generate question/answer rows from a document database."),
 }
 
 
