@@ -38,6 +38,7 @@ SECTION_ORDER = (
     "bench_quality",
     "bench_retriever",
     "bench_serve",
+    "bench_generate",
 )
 
 MD_HEADER = """# Benchmarks
