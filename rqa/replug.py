@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rqa.data import PaddingCollator
 from rqa.schema import Document, Example
 
 log = logging.getLogger("rqa")
@@ -76,19 +77,12 @@ class AnswerLikelihood:
         rows = [e for e in encoded if e is not None]
         if not rows:
             return [UNSCORABLE] * len(pairs)
-        width = max(len(r["input_ids"]) for r in rows)
-        pad = self.tokenizer.pad_token_id
+        batch = PaddingCollator(self.tokenizer.pad_token_id)(rows)
         device = self.model.device
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        labels = torch.full((len(rows), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            n = len(row["input_ids"])
-            input_ids[i, :n] = torch.tensor(row["input_ids"])
-            labels[i, :n] = torch.tensor(row["labels"])
-            mask[i, :n] = 1
-        logits = self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float()
-        targets = labels[:, 1:].to(device)
+        logits = self.model(
+            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+        ).logits.float()
+        targets = batch["labels"][:, 1:].to(device)
         log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
         picked = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         supervised = targets != -100
@@ -131,9 +125,7 @@ class ReplugLoss(nn.Module):
         from rqa.retrieval import DenseFaissRetriever
 
         began = time.perf_counter()
-        retriever = DenseFaissRetriever("dense-faiss", "model in training", encoder=model)
-        retriever.documents = self.documents
-        retriever.index(self.documents, progress=False)
+        retriever = DenseFaissRetriever.in_memory(model, self.documents)
         hits = retriever.retrieve([e.question for e in self.examples], self.num_docs)
         self.candidates = [with_gold(example, [d for d, _ in ranked], self.num_docs) for example, ranked in
                            zip(self.examples, hits, strict=True)]  # fmt: skip

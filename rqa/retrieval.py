@@ -50,6 +50,15 @@ class DenseFaissRetriever(IndexedRetriever):
         self.faiss_index: Any = None
         self._loaded_fingerprint: str | None = None  # the model the loaded index's vectors came from
 
+    @classmethod
+    def in_memory(cls, encoder: Any, documents: Sequence[Document], progress: bool = False) -> DenseFaissRetriever:
+        """An index of ``documents`` held in memory, made with an already loaded model (one in training): no
+        folder and no manifest, so nothing identifies the model by its files."""
+        retriever = cls("dense-faiss", "model in training", encoder=encoder)
+        retriever.documents = list(documents)
+        retriever.index(retriever.documents, progress=progress)
+        return retriever
+
     @property
     def encoder(self) -> Any:
         if self._encoder is None:

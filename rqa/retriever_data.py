@@ -69,9 +69,7 @@ def mine_hard_negatives(
 
     if count <= 0 or not examples:
         return list(examples)
-    retriever = DenseFaissRetriever("dense-faiss", "model in training", encoder=encoder)
-    retriever.documents = list(documents)
-    retriever.index(retriever.documents, progress=False)
+    retriever = DenseFaissRetriever.in_memory(encoder, documents)
     depth = count + max(len(e.gold_docs) for e in examples) + 8  # room for gold passages and their copies
     hits = retriever.retrieve([e.question for e in examples], depth)
     mined: list[Example] = []

@@ -91,10 +91,8 @@ class DatabaseRetrievalEvaluator(SentenceEvaluator):
         from rqa.progress import is_main_process, quiet_progress
         from rqa.retrieval import DenseFaissRetriever
 
-        retriever = DenseFaissRetriever("dense-faiss", "model in training", encoder=model)
-        retriever.documents = self.documents
         with quiet_progress(self.quiet):  # a bar while the database is embedded, on a terminal only
-            retriever.index(self.documents, progress=True)
+            retriever = DenseFaissRetriever.in_memory(model, self.documents, progress=True)
         start = time.perf_counter()
         hits = retriever.retrieve([e.question for e in self.examples], self.top_k)
         per_question = (time.perf_counter() - start) / max(len(self.examples), 1)

@@ -119,44 +119,35 @@ def evaluate(**kwargs: Any) -> None:
     output_dir = Path(kwargs["output_dir"])
     if kwargs["retrieval_only"]:
         scores = evaluate_retrieval_only(examples, retriever, metrics, top_k, output_dir)
-    elif not local:
-        from rqa.backends import evaluate_with_generator
-
-        generator = chosen["generator"].build()
-        evaluator = E2EEvaluator(
-            examples,
-            encoder=None,  # type: ignore[arg-type]  # the backend renders its own prompts
-            retriever=retriever,
-            metrics=metrics,
-            top_k=top_k,
-            max_new_tokens=setting(kwargs["max_new_tokens"], saved.max_new_tokens, 128),
-            batch_size=setting(kwargs["batch_size"], saved.eval_batch_size, 32),
-            output_dir=output_dir,
-        )
-        scores = evaluate_with_generator(evaluator, generator)
     else:
-        from rqa.data import ExampleEncoder
-        from rqa.models import load_generator, load_tokenizer, resolve_generator
+        settings = {
+            "retriever": retriever,
+            "metrics": metrics,
+            "top_k": top_k,
+            "max_new_tokens": setting(kwargs["max_new_tokens"], saved.max_new_tokens, 128),
+            "batch_size": setting(kwargs["batch_size"], saved.eval_batch_size, 32),
+            "output_dir": output_dir,
+        }
+        if not local:
+            from rqa.backends import evaluate_with_generator
 
-        model_path = resolve_generator(kwargs["model"])
-        tokenizer = load_tokenizer(model_path)
-        formatter = chosen["formatter"].build(tokenizer=tokenizer)
-        encoder = ExampleEncoder(
-            tokenizer, formatter, max_seq_length=setting(kwargs["max_seq_length"], saved.max_seq_length, 2048)
-        )
-        flash = setting(kwargs["use_flash_attention"], saved.use_flash_attention, False)
-        model = load_generator(model_path, use_flash_attention=flash, log=log.warning)
-        evaluator = E2EEvaluator(
-            examples,
-            encoder=encoder,
-            retriever=retriever,
-            metrics=metrics,
-            top_k=top_k,
-            max_new_tokens=setting(kwargs["max_new_tokens"], saved.max_new_tokens, 128),
-            batch_size=setting(kwargs["batch_size"], saved.eval_batch_size, 32),
-            output_dir=output_dir,
-        )
-        scores = evaluator.evaluate_model(model, name="")
+            generator = chosen["generator"].build()
+            # the backend renders its own prompts: no encoder
+            evaluator = E2EEvaluator(examples, encoder=None, **settings)  # type: ignore[arg-type]
+            scores = evaluate_with_generator(evaluator, generator)
+        else:
+            from rqa.data import ExampleEncoder
+            from rqa.models import load_generator, load_tokenizer, resolve_generator
+
+            model_path = resolve_generator(kwargs["model"])
+            tokenizer = load_tokenizer(model_path)
+            formatter = chosen["formatter"].build(tokenizer=tokenizer)
+            encoder = ExampleEncoder(
+                tokenizer, formatter, max_seq_length=setting(kwargs["max_seq_length"], saved.max_seq_length, 2048)
+            )
+            flash = setting(kwargs["use_flash_attention"], saved.use_flash_attention, False)
+            model = load_generator(model_path, use_flash_attention=flash, log=log.warning)
+            scores = E2EEvaluator(examples, encoder=encoder, **settings).evaluate_model(model, name="")
     print_scores(console, scores, "evaluation")
     console.print(f"[bold green]Done.[/] Predictions and metrics in {output_dir}")
 
