@@ -1,27 +1,16 @@
 """Batched greedy generation for evaluation and the assistant: the same answers as one prompt at a time, faster.
 
-On a GPU, a left-padded batch goes through ``generate`` as it is. On a CPU two costs dominate:
-
-* Prompt processing. A padded batch needs an explicit attention mask, which takes SDPA off its fused causal
-  kernel, and computes every prompt at the longest one's length (measured on 2 cores: about 2 ms per real token,
-  against 1.1 ms for one unpadded prompt at a time). So each prompt but its last token is run alone, unpadded,
-  and the batch's cache is assembled from the results (``prefilled_cache``).
-* Decoding, bound by memory reads. A batched step reads every weight once for all its rows (each row still
-  reads its own cache), and a preallocated (static) cache spares the copy of every layer's keys and values that
-  the dynamic cache makes at every step.
-
-``generate`` then starts from the assembled cache: its first step feeds each row's last prompt token, with
-positions taken from the attention mask as usual. Decoding runs in segments of ``DECODE_SEGMENT`` tokens; after
-each, rows whose answer has ended leave the batch (their cache rows are dropped), since every row of a batch
-reads its own cache at every step until the longest answer ends.
+On a GPU, a left-padded batch goes through ``generate`` as it is. On a CPU, each prompt is prefilled alone and
+the batch decodes from the assembled cache, dropping rows whose answer has ended (``rqa.decoding``). Prompts are
+batched longest first among similar lengths, so padding stays small.
 
 Under several processes (``synced``) every rank makes the same forward and ``generate`` calls in the same order,
 which sharded weights (FSDP, DeepSpeed ZeRO-3) need: each forward gathers the weights from every rank.
-``lockstep_batches`` gives every rank as many batches of as many rows, a rank whose rows have all ended keeps
-decoding a one-token filler while the others decode, and ``generate`` runs with ``synced_gpus``.
+``lockstep_batches`` gives every rank as many batches of as many rows.
 
 A ``StopFlag`` abandons the work (``StopRequested``) before every batch, prompt and decode segment, and a
-stopping criterion ends the current ``generate`` call at the next step.
+stopping criterion ends the current ``generate`` call at the next step. ``on_tokens`` hears every row's new tokens
+after every step (a server streams them).
 """
 
 from __future__ import annotations
@@ -31,10 +20,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from rqa.decoding import TokenFeed, can_assemble_cache, decode_dropping_finished_rows, prefilled_cache, stop_criterion
+
 if TYPE_CHECKING:
     from rqa.signals import StopFlag
-
-DECODE_SEGMENT = 32  # new tokens per ``generate`` call before finished rows leave the batch (CPU path)
 
 
 def stop_token_ids(tokenizer: Any, end_of_turn: str) -> tuple[list[int], list[str]]:
@@ -127,180 +116,6 @@ def padding_allowed(model: Any) -> float:
     return 0.5 if on_cpu and can_assemble_cache(model) else 0.15
 
 
-def any_rank(flag: bool, device: Any) -> bool:
-    """Whether ``flag`` is set on any process (a collective call: every rank makes it at the same point)."""
-    import torch
-    import torch.distributed as dist
-
-    value = torch.tensor([int(flag)], dtype=torch.long, device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
-
-
-def stop_criteria(stop: StopFlag) -> Any:
-    """A stopping criterion that ends a ``generate`` call at its next step once this process is asked to stop."""
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    class StopWhenRequested(StoppingCriteria):
-        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            return torch.full((input_ids.shape[0],), stop.requested(), dtype=torch.bool, device=input_ids.device)
-
-    return StoppingCriteriaList([StopWhenRequested()])
-
-
-def cache_keyword() -> str:
-    """The KV cache's name in model outputs and ``generate``: ``cache`` in recent transformers, else the older one."""
-    from transformers.modeling_outputs import CausalLMOutputWithPast
-
-    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
-
-
-def can_assemble_cache(model: Any) -> bool:
-    """Whether a static cache of full-length layers can be built for this model (not sliding-window layers)."""
-    from transformers import StaticCache
-
-    try:
-        layers = StaticCache(config=model.config, max_cache_len=1).layers
-    except (TypeError, AttributeError):  # transformers before the per-layer cache API
-        return False
-    return not any(layer.is_sliding for layer in layers)
-
-
-def prefilled_cache(
-    model: Any,
-    prompts: Sequence[Sequence[int]],
-    max_new_tokens: int,
-    checkpoint: Callable[[], None] | None = None,
-    synced: bool = False,
-) -> Any:
-    """A static cache holding every prompt but its last token, left-padded to the longest, room for the answer.
-
-    Each prompt runs alone and unpadded, so SDPA keeps its causal kernel; rotary positions are already applied to
-    the cached keys, so a row's padding only needs masking. Rows of a single token have nothing to cache (when
-    ``synced``, they still run a forward: every rank makes one per row). ``checkpoint`` runs before each prompt.
-    """
-    import torch
-    from transformers import StaticCache
-
-    device = next(model.parameters()).device
-    cached = max(len(ids) for ids in prompts) - 1
-    row_caches = []
-    for ids in prompts:
-        if checkpoint is not None:
-            checkpoint()
-        if len(ids) < 2:
-            if synced:
-                model(input_ids=torch.tensor([list(ids)], device=device), use_cache=False, logits_to_keep=1)
-            row_caches.append(None)
-            continue
-        output = model(input_ids=torch.tensor([ids[:-1]], device=device), use_cache=True, logits_to_keep=1)
-        row_caches.append(getattr(output, cache_keyword()))
-    cache = StaticCache(config=model.config, max_cache_len=cached + max_new_tokens)
-    if cached == 0:
-        return cache
-    template = next(row for row in row_caches if row is not None)
-    shapes = [(layer.keys.shape, layer.values.shape) for layer in template.layers]
-    for layer, (key_shape, value_shape) in enumerate(shapes):
-        keys = template.layers[layer].keys.new_zeros((len(prompts), key_shape[1], cached, key_shape[-1]))
-        values = template.layers[layer].values.new_zeros((len(prompts), value_shape[1], cached, value_shape[-1]))
-        for row, row_cache in enumerate(row_caches):
-            if row_cache is not None:
-                length = row_cache.layers[layer].keys.shape[2]
-                keys[row, :, cached - length :] = row_cache.layers[layer].keys[0]
-                values[row, :, cached - length :] = row_cache.layers[layer].values[0]
-                row_cache.layers[layer] = None  # released as the batch's cache fills: memory stays near one cache
-        cache.update(keys, values, layer)
-    return cache
-
-
-def kept_rows(cache: Any, model: Any, rows: Sequence[int], filled: int) -> Any:
-    """A static cache of the same length holding only ``rows`` of ``cache``'s first ``filled`` positions."""
-    import torch
-    from transformers import StaticCache
-
-    kept = StaticCache(config=model.config, max_cache_len=cache.layers[0].max_cache_len)
-    index = torch.tensor(list(rows), device=cache.layers[0].keys.device)
-    for layer, old in enumerate(cache.layers):
-        kept.update(old.keys[index, :, :filled], old.values[index, :, :filled], layer)
-        cache.layers[layer] = None  # released as the new cache fills
-    return kept
-
-
-def decode_dropping_finished_rows(
-    model: Any,
-    input_ids: Any,
-    attention: Any,
-    cache: Any,
-    settings: dict[str, Any],
-    tokenizer: Any,
-    checkpoint: Callable[[], None] | None = None,
-    synced: bool = False,
-    dropped: Callable[[int], bool] | None = None,
-) -> list[list[int]]:
-    """Greedy new tokens for each row, generated ``DECODE_SEGMENT`` at a time from a prefilled static cache.
-
-    Between segments the rows whose answer has ended (an end-of-turn id or stop string) leave the batch, and the
-    others continue from their own cache rows: every row gets the tokens a single ``generate`` call would give it.
-    ``checkpoint`` runs before each segment. ``synced``: every rank runs segments until the rows of every rank
-    have ended; a rank whose own rows have ended decodes a one-token filler meanwhile, and discards it.
-    ``dropped(row)``: whether a row is no longer wanted (a client that went away); it leaves at the next segment.
-    """
-    import torch
-
-    eos_ids = set(settings["eos_token_id"])
-    stop_strings = settings["stop_strings"] or []
-    rows = list(range(input_ids.shape[0]))
-    new_tokens: list[list[int]] = [[] for _ in rows]
-    remaining = settings["max_new_tokens"]
-    lockstep = {"synced_gpus": True} if synced else {}
-    while remaining > 0:
-        steps = min(DECODE_SEGMENT, remaining)
-        remaining -= steps
-        if checkpoint is not None:
-            checkpoint()
-        if synced and not any_rank(bool(rows), input_ids.device):
-            break
-        if not rows:  # synced: the other ranks still decode, and sharded weights need this rank's forwards
-            model.generate(
-                input_ids=input_ids[:1, -1:],
-                attention_mask=attention[:1, -1:],
-                use_cache=True,
-                **{**settings, "max_new_tokens": steps},
-                **lockstep,
-            )
-            continue
-        output = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention,
-            use_cache=True,
-            **{**settings, "max_new_tokens": steps},
-            **{cache_keyword(): cache},
-            **lockstep,
-        )
-        generated = output[:, input_ids.shape[1] :]
-        keep = []
-        for position, row in enumerate(rows):
-            new_tokens[row] += generated[position].tolist()
-            text = tokenizer.decode(new_tokens[row]) if stop_strings else ""
-            ended = eos_ids & set(new_tokens[row]) or any(stop in text for stop in stop_strings)
-            if not (ended or (dropped is not None and dropped(row))):
-                keep.append(position)
-        if not keep or generated.shape[1] < steps:  # every row has ended
-            if not synced:
-                break
-            rows = []
-            continue
-        input_ids = output
-        attention = torch.cat([attention, attention.new_ones(generated.shape)], dim=1)
-        if len(keep) < len(rows):
-            index = torch.tensor(keep, device=input_ids.device)
-            input_ids, attention = input_ids[index], attention[index]
-            cache = kept_rows(cache, model, keep, input_ids.shape[1] - 1)
-            rows = [rows[position] for position in keep]
-    return new_tokens
-
-
 def left_padded(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:
     """Input ids and attention mask with every prompt ending where generation starts."""
     import torch
@@ -326,6 +141,7 @@ def generate_answers(
     synced: bool = False,
     stop: StopFlag | None = None,
     cancelled: Callable[[int], bool] | None = None,
+    on_tokens: Callable[[int, list[int]], None] | None = None,
 ) -> tuple[list[str], list[float]]:
     """Batched greedy generation over token-id prompts, longest first; answers in input order.
 
@@ -334,13 +150,16 @@ def generate_answers(
     ``stop``: raise ``StopRequested``, keeping no answer, once a stop is asked for (on any rank, when synced).
     ``cancelled(index)``: whether a prompt's answer is no longer wanted (a server's client went away): it is left
     out of the batches not yet started, leaves a running one at its next decode segment, and gets an empty answer.
-    Single-process only.
+    ``on_tokens(index, new_ids)``: a prompt's new token ids so far, after every decoding step. Single-process only.
     """
     import torch
+    from transformers import StoppingCriteriaList
 
     settings = greedy_settings(tokenizer, end_of_turn, max_new_tokens)
-    if stop is not None:
-        settings["stopping_criteria"] = stop_criteria(stop)
+    feed = TokenFeed(on_tokens) if on_tokens is not None else None
+    criteria = [*([stop_criterion(stop)] if stop is not None else []), *([feed.criterion()] if feed else [])]
+    if criteria:
+        settings["stopping_criteria"] = StoppingCriteriaList(criteria)
     answers: list[str] = [""] * len(prompts)
     seconds: list[float] = [0.0] * len(prompts)
     device = next(model.parameters()).device
@@ -367,6 +186,9 @@ def generate_answers(
                 rows = [prompts[i] for i in batch]
                 input_ids, attention = left_padded(rows, settings["pad_token_id"])
                 began = time.perf_counter()
+                if feed is not None:
+                    feed.batch = batch
+                    feed.begin(range(len(batch)), input_ids.shape[1])
                 if assemble:
                     cache = prefilled_cache(model, rows, max_new_tokens, checkpoint, synced)
                     new_ids = decode_dropping_finished_rows(
@@ -379,6 +201,7 @@ def generate_answers(
                         checkpoint,
                         synced,
                         dropped=None if cancelled is None else (lambda row, rows_of=batch: cancelled(rows_of[row])),
+                        feed=feed,
                     )
                 else:
                     output = model.generate(

@@ -71,13 +71,14 @@ def rank_main(rank: int, world: int, port: int, case: dict[str, Any], out: str) 
     """One rank: shard the model, evaluate, record how many forwards it made (or that it stopped)."""
     import torch.distributed as dist
 
+    import rqa.decoding as decoding
     import rqa.generation as generation
     from rqa.signals import StopFlag, StopRequested
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    generation.DECODE_SEGMENT = SEGMENT
+    decoding.DECODE_SEGMENT = SEGMENT
     if case["padded"]:  # the GPU path: one synced ``generate`` call per left-padded batch
         generation.can_assemble_cache = lambda model: False
     tokenizer, model = tiny_generator()
@@ -138,7 +139,7 @@ def read_jsonl(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def single_process(tmp_path_factory) -> tuple[str, list[dict]]:
     """An end of turn that some answers say early and others never, and one process's predictions with it."""
-    import rqa.generation as generation
+    import rqa.decoding as decoding
 
     tokenizer, model = tiny_generator()
     plain = evaluator(tokenizer, "<|im_end|>", None)
@@ -160,12 +161,12 @@ def single_process(tmp_path_factory) -> tuple[str, list[dict]]:
     assert candidates, "no token ends one answer early and leaves another running"
     end_of_turn = tokenizer.decode([candidates[0]])
     output = tmp_path_factory.mktemp("single")
-    original = generation.DECODE_SEGMENT
-    generation.DECODE_SEGMENT = SEGMENT
+    original = decoding.DECODE_SEGMENT
+    decoding.DECODE_SEGMENT = SEGMENT
     try:
         evaluator(tokenizer, end_of_turn, output).evaluate_model(model, name="single")
     finally:
-        generation.DECODE_SEGMENT = original
+        decoding.DECODE_SEGMENT = original
     rows = read_jsonl(output / "single-predictions.jsonl")
     assert len({len(row["generated_answer"]) for row in rows}) > 1, "every answer ran to the same length"
     return end_of_turn, rows

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from helpers import embedded_tokenizer, tiny_model
 
-from rqa.generation import (
-    cache_keyword,
-    can_assemble_cache,
-    generate_answers,
-    left_padded,
-    length_batches,
-    prefilled_cache,
-    stop_token_ids,
-)
+from rqa.decoding import cache_keyword, can_assemble_cache, prefilled_cache
+from rqa.generation import answer_text, generate_answers, left_padded, length_batches, stop_token_ids
 
 
 def test_batches_hold_every_prompt_once_longest_first() -> None:
@@ -65,12 +60,12 @@ def test_batched_greedy_answers_equal_one_prompt_at_a_time(batch_size: int) -> N
 
 
 def test_rows_whose_answer_ended_leave_the_batch_and_the_others_continue_unchanged(monkeypatch) -> None:
-    import rqa.generation as generation
+    import rqa.decoding as decoding
 
-    monkeypatch.setattr(generation, "DECODE_SEGMENT", 3)
+    monkeypatch.setattr(decoding, "DECODE_SEGMENT", 3)
     kept = []
-    kept_rows = generation.kept_rows
-    monkeypatch.setattr(generation, "kept_rows", lambda *args: kept.append(list(args[2])) or kept_rows(*args))
+    kept_rows = decoding.kept_rows
+    monkeypatch.setattr(decoding, "kept_rows", lambda *args: kept.append(list(args[2])) or kept_rows(*args))
     tokenizer = embedded_tokenizer()
     model = tiny_model(tokenizer, seed=3)
     generator = torch.Generator().manual_seed(0)
@@ -103,9 +98,18 @@ def test_rows_whose_answer_ended_leave_the_batch_and_the_others_continue_unchang
     assert candidates, "no token ends exactly one answer early"
     end_of_turn = tokenizer.decode([candidates[0]])
     expected = one_at_a_time(model, tokenizer, prompts, 12, end_of_turn)
-    answers, _ = generate_answers(model, tokenizer, prompts, end_of_turn, 12, batch_size=8)
+    heard: dict[int, list[list[int]]] = {}
+    answers, _ = generate_answers(
+        model, tokenizer, prompts, end_of_turn, 12, 8, on_tokens=lambda i, ids: heard.setdefault(i, []).append(ids)
+    )
     assert answers == expected
     assert [len(rows) for rows in kept] == [4], "one row should have left a batch of five, four continuing"
+    # a listener hears every answer grow one token per step, across segments and after rows leave the batch
+    assert sorted(heard) == list(range(len(prompts)))
+    for index, calls in heard.items():
+        assert [len(ids) for ids in calls] == list(range(1, len(calls) + 1))
+        assert all(later[: len(earlier)] == earlier for earlier, later in itertools.pairwise(calls))
+        assert answer_text(tokenizer, calls[-1], end_of_turn) == answers[index]
 
 
 def test_an_assembled_cache_continues_every_prompt_as_if_it_ran_alone() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -61,7 +62,27 @@ def test_streaming_sends_openai_chunks_that_join_into_the_same_answer(server):
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == whole
+    pieces = [c["choices"][0]["delta"]["content"] for c in chunks[1:-1]]
+    assert len(pieces) >= len(whole.split()) - 1  # token by token: at least about a piece per word
     assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length") and len(chunks[-1]["passages"]) == 4
+
+
+def test_streamed_text_only_grows_and_never_shows_the_end_of_turn() -> None:
+    from helpers import embedded_tokenizer
+
+    from rqa.generation import answer_text, stop_token_ids
+    from rqa.serve.engine import partial_text
+
+    tokenizer = embedded_tokenizer()
+    end_of_turn = "</answer>"  # several tokens: only the finished answer shows it is not text
+    stop_ids = set(stop_token_ids(tokenizer, end_of_turn)[0])
+    ids = tokenizer(" Descale it monthly: café-grade vinegar, 2 × rinse. </answer> trailing", add_special_tokens=False)
+    ids = ids["input_ids"]
+    final = answer_text(tokenizer, ids, end_of_turn)
+    shown = [partial_text(tokenizer, ids[:n], end_of_turn, stop_ids) for n in range(1, len(ids) + 1)]
+    assert all(final.startswith(text) for text in shown)
+    assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(shown))
+    assert shown[-1] == final == "Descale it monthly: café-grade vinegar, 2 × rinse."
 
 
 def test_bad_requests_get_clear_errors(server):

@@ -30,7 +30,6 @@ from rqa.serve.feedback import FeedbackLog
 from rqa.serve.protocol import (
     BadRequest,
     UnknownModel,
-    answer_pieces,
     chunk,
     completion,
     error_body,
@@ -100,7 +99,7 @@ def create_app(engine: BatchingEngine, feedback: FeedbackLog, max_new_tokens: in
         try:
             parsed = parse_chat_request(await request.body(), engine.name, max_new_tokens, engine.max_positions)
             engine.check_fits(parsed.example, parsed.max_new_tokens)
-            job = engine.submit(parsed.example, parsed.passages, parsed.max_new_tokens)
+            job = engine.submit(parsed.example, parsed.passages, parsed.max_new_tokens, stream=parsed.stream)
         except (BadRequest, PromptTooLong) as problem:
             return error(400, str(problem))
         except UnknownModel as problem:
@@ -147,26 +146,51 @@ async def _wait(job: Job, request: Request) -> Job:
 
 
 async def _stream(job: Job, request: Request, model: str) -> AsyncIterator[str]:
-    """Server-sent events: the role at once, then the answer in chunks, the passages, and ``[DONE]``.
+    """Server-sent events: the role at once, then the answer's text as the batch generates it, the passages
+    (with the finish reason), and ``[DONE]``.
 
-    The answer comes from a batched greedy decode, so its chunks are sent when it is complete; the first event
-    goes out at once, so clients see the request accepted. Whatever ends this generator early (the client
-    leaving, the server shutting down) cancels the job.
+    Whatever ends this generator early (the client leaving, the server shutting down) cancels the job.
     """
     completion_id = new_completion_id()
+    sent = ""
     try:
         yield chunk(model, completion_id, {"role": "assistant", "content": ""})
         try:
-            await _wait(job, request)
+            async for delta in _deltas(job, request):
+                sent += delta
+                yield chunk(model, completion_id, {"content": delta})
         except ClientGone:
             return
         except Exception as failure:
             yield f"data: {json.dumps(error_body(500, f'generation failed: {failure}'))}\n\n"
             return
-        for piece in answer_pieces(job.answer):
-            yield chunk(model, completion_id, {"content": piece})
+        if job.answer.startswith(sent) and len(job.answer) > len(sent):
+            yield chunk(model, completion_id, {"content": job.answer[len(sent) :]})
+        elif not job.answer.startswith(sent):
+            log.warning("serve: a streamed answer changed after it was sent (sent %r, answer %r)", sent, job.answer)
         yield chunk(model, completion_id, {}, finish_reason(job), passages=passages_json(job.hits))
         yield "data: [DONE]\n\n"
     finally:
         if not job.future.done():
             job.cancelled = True
+
+
+async def _deltas(job: Job, request: Request) -> AsyncIterator[str]:
+    """The job's new text as it arrives, until its answer is done (then its error, if it failed).
+
+    ``ClientGone`` (and the job cancelled) if the client disconnects first.
+    """
+    assert job.deltas is not None
+    while not job.future.done():
+        waiting = asyncio.ensure_future(job.deltas.get())
+        done, _ = await asyncio.wait({waiting, job.future}, timeout=POLL_S, return_when=asyncio.FIRST_COMPLETED)
+        if waiting in done:
+            yield waiting.result()
+            continue
+        waiting.cancel()
+        if not done and await request.is_disconnected():
+            job.cancelled = True
+            raise ClientGone
+    while not job.deltas.empty():
+        yield job.deltas.get_nowait()
+    job.future.result()

@@ -4,7 +4,8 @@ One worker thread owns the model. It takes the first waiting request, collects m
 ``batch_size``), retrieves passages for those that brought none in one retriever call, builds each prompt exactly
 as training does (``Assistant.prompt_ids``: the run's formatter, ``max_seq_length`` trimming) and answers them
 with ``generate_answers``, the batched greedy path of evaluation, grouped by ``max_tokens``. A greedy answer
-therefore equals the one ``rqa evaluate`` or ``rqa ask`` gives for the same passages.
+therefore equals the one ``rqa evaluate`` or ``rqa ask`` gives for the same passages. A streaming job hears its
+answer's text after every decoding step (``partial_text``), so its client sees tokens as the batch makes them.
 
 Requests are ``Job``s whose result arrives on the event loop that submitted them. A job whose client went away
 is marked ``cancelled``: it is skipped if its batch has not started and leaves a running batch at the next
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rqa.errors import RqaError
+from rqa.generation import answer_text, stop_token_ids
 from rqa.schema import Document, Example
 
 log = logging.getLogger("rqa")
@@ -50,6 +52,8 @@ class Job:
     prompt_tokens: int = 0
     answer: str = ""
     completion_tokens: int = 0
+    deltas: asyncio.Queue[str] | None = None  # streaming: the answer's new text, as it is generated
+    streamed: str = ""  # the text handed to ``deltas`` so far: always a beginning of the final answer
 
 
 class BatchingEngine:
@@ -111,12 +115,19 @@ class BatchingEngine:
             )
         return tokens
 
-    def submit(self, example: Example, passages: list[Document] | None, max_new_tokens: int) -> Job:
-        """Queue a job; its ``future`` resolves to the job itself, answered (or to the error that stopped it)."""
+    def submit(
+        self, example: Example, passages: list[Document] | None, max_new_tokens: int, stream: bool = False
+    ) -> Job:
+        """Queue a job; its ``future`` resolves to the job itself, answered (or to the error that stopped it).
+
+        ``stream``: the job's ``deltas`` queue receives the answer's text as it grows.
+        """
         if self.waiting >= self.max_queue:
             raise QueueFull(f"{self.waiting} requests are waiting (--max_queue {self.max_queue}); retry later")
         loop = asyncio.get_running_loop()
         job = Job(example, passages, max_new_tokens, loop, loop.create_future())
+        if stream:
+            job.deltas = asyncio.Queue()
         self._queue.put(job)
         return job
 
@@ -185,12 +196,47 @@ class BatchingEngine:
                 max_new_tokens=max_new_tokens,
                 batch_size=len(group),
                 cancelled=lambda index, members=group: jobs[members[index]].cancelled,
+                on_tokens=self._streamer([jobs[i] for i in group]),
             )
             for index, answer in zip(group, answers, strict=True):
                 jobs[index].prompt_tokens, jobs[index].answer = len(prompts[index]), answer
         with self.tokenizer_lock:
             for job in jobs:
                 job.completion_tokens = len(self.tokenizer(job.answer, add_special_tokens=False)["input_ids"])
+
+    def _streamer(self, jobs: list[Job]) -> Any:
+        """``generate_answers``' token listener for the streaming jobs among ``jobs``; None when none streams."""
+        if not any(job.deltas is not None for job in jobs):
+            return None
+        end_of_turn = self.assistant.encoder.formatter.end_of_turn
+        stop_ids = set(stop_token_ids(self.tokenizer, end_of_turn)[0])
+
+        def hear(index: int, new_ids: list[int]) -> None:
+            job = jobs[index]
+            if job.deltas is None or job.cancelled:
+                return
+            with self.tokenizer_lock:
+                text = partial_text(self.tokenizer, new_ids, end_of_turn, stop_ids)
+            if len(text) > len(job.streamed) and text.startswith(job.streamed):
+                delta, job.streamed = text[len(job.streamed) :], text
+                job.loop.call_soon_threadsafe(job.deltas.put_nowait, delta)
+
+        return hear
+
+
+def partial_text(tokenizer: Any, new_ids: list[int], end_of_turn: str, stop_ids: set[int]) -> str:
+    """The part of an unfinished answer that the finished one is sure to begin with.
+
+    The answer's text as ``answer_text`` would give it, less what may still change: a trailing incomplete
+    character (``\ufffd``), trailing space (the final answer is stripped), and an ending that could be the start
+    of the end-of-turn text.
+    """
+    cut = next((i for i, token in enumerate(new_ids) if token in stop_ids), len(new_ids))
+    text = answer_text(tokenizer, new_ids[:cut], end_of_turn).rstrip("\ufffd").rstrip()
+    for size in range(min(len(end_of_turn), len(text)), 0, -1):
+        if text.endswith(end_of_turn[:size]):
+            return text[:-size].rstrip()
+    return text
 
 
 def _resolve(job: Job, error: BaseException | None) -> None:

@@ -17,8 +17,6 @@ from rqa.backends import documents_from_json, example_from_messages
 from rqa.errors import RqaError
 from rqa.schema import Document, Example
 
-STREAM_PIECE_WORDS = 4  # words per content chunk when an answer is streamed
-
 
 class BadRequest(RqaError):
     """A request rqa cannot answer as sent (400)."""
@@ -111,15 +109,6 @@ def chunk(model: str, completion_id: str, delta: dict[str, Any], finish: str | N
         **extra,
     }
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
-
-
-def answer_pieces(answer: str) -> list[str]:
-    """The answer cut into a few words per chunk; joined, the pieces are the answer exactly."""
-    words = answer.split(" ")
-    return [
-        " ".join(words[i : i + STREAM_PIECE_WORDS]) + (" " if i + STREAM_PIECE_WORDS < len(words) else "")
-        for i in range(0, len(words), STREAM_PIECE_WORDS)
-    ]
 
 
 def error_body(status: int, message: str) -> dict[str, Any]:
