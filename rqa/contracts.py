@@ -113,6 +113,20 @@ class Generator(Protocol):
 
 
 @runtime_checkable
+class PassageFilter(Protocol):
+    """Says whether ``rqa generate`` should ask questions about a passage: True keeps it (``--filter NAME``).
+
+    Built once per run, after the database is read and before anything is generated. A filter that must see the
+    whole database to judge one passage (``boilerplate`` counts the lines that recur across it) declares
+    ``documents`` in its factory and receives every passage there; a plain function ``(document) -> bool`` is a
+    filter too. Its description (the factory's docstring) says what it removes: ``generation.json`` and the
+    summary table show it beside the count.
+    """
+
+    def __call__(self, document: Document) -> bool: ...
+
+
+@runtime_checkable
 class SupportsPerRow(Protocol):
     """Optional for metrics: one score per row, used for the bootstrap confidence intervals.
 
@@ -179,6 +193,7 @@ CONTRACTS: dict[str, type] = {
     "metrics": Metric,
     "retriever_losses": RetrieverLoss,
     "generators": Generator,
+    "passage_filters": PassageFilter,
 }
 OPTIONAL: dict[str, tuple[type, ...]] = {
     "metrics": (SupportsPerRow, SupportsMetadata),

@@ -50,3 +50,8 @@ def register_retriever_losses(register: Register) -> None:
 @hookspec
 def register_generators(register: Register) -> None:
     """Add generator backends: they answer questions from passages, and chat, with a local model or an endpoint."""
+
+
+@hookspec
+def register_passage_filters(register: Register) -> None:
+    """Add passage filters for ``rqa generate --filter``: they say which passages are worth asking questions about."""

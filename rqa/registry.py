@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -20,7 +20,7 @@ from rqa.errors import (
     UnknownComponentError,
 )
 
-KINDS = ("formatters", "losses", "retrievers", "metrics", "retriever_losses", "generators")
+KINDS = ("formatters", "losses", "retrievers", "metrics", "retriever_losses", "generators", "passage_filters")
 SINGULAR = {
     "formatters": "formatter",
     "losses": "loss",
@@ -28,6 +28,7 @@ SINGULAR = {
     "metrics": "metric",
     "retriever_losses": "retriever loss",
     "generators": "generator",
+    "passage_filters": "passage filter",
 }
 _VALID_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
@@ -108,9 +109,11 @@ class Registry:
         except KeyError:
             raise UnknownComponentError(self.unknown_message(name)) from None
 
-    def unknown_message(self, name: str) -> str:
+    def unknown_message(self, name: str, also: Sequence[str] = ()) -> str:
+        """Why ``name`` is refused: the closest match and every valid name (``also``: ones a command accepts
+        besides this registry's, such as ``rqa generate --filter roundtrip``), and plugins that failed to load."""
         noun = SINGULAR.get(self.kind, self.kind)
-        names = self.names()
+        names = [*self.names(), *also]
         message = f"unknown {noun} '{name}'."
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
         if close:

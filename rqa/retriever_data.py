@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 from rqa.errors import DataError, RqaError
@@ -56,6 +57,26 @@ def check_gold_in_database(examples: Sequence[Example], documents: Sequence[Docu
         raise RqaError("\n".join(problems[:limit]) + more)
 
 
+def select_negatives(
+    ranked: Iterable[Document], count: int, is_positive: Callable[[Document], bool], taken: Iterable[str] = ()
+) -> list[Document]:
+    """The first ``count`` passages of a ranking that are not positive (gold, or a copy of gold) and whose
+    ``page_content`` is not ``taken`` or already chosen: hard negatives, nearest first.
+
+    Both miners end here: ``train-retriever`` ranks by the question and counts exact copies of any gold passage as
+    positive; ``rqa generate`` ranks by the gold passage and counts near-copies too (``rqa.generate.plan``).
+    """
+    seen = set(taken)
+    chosen: list[Document] = []
+    for document in ranked:
+        if len(chosen) >= count:
+            break
+        if document.page_content not in seen and not is_positive(document):
+            seen.add(document.page_content)
+            chosen.append(document)
+    return chosen
+
+
 def mine_hard_negatives(
     examples: Sequence[Example], documents: Sequence[Document], encoder: Any, count: int
 ) -> list[Example]:
@@ -75,13 +96,8 @@ def mine_hard_negatives(
     mined: list[Example] = []
     for example, ranked in zip(examples, hits, strict=True):
         pool = {d.page_content: d for d in example.hard_neg_docs}
-        found = 0
-        for document, _ in ranked:
-            if found == count:
-                break
-            if not _is_gold(document, example) and document.page_content not in pool:
-                pool[document.page_content] = document
-                found += 1
+        found = select_negatives((d for d, _ in ranked), count, partial(_is_gold, example=example), taken=pool)
+        pool.update((d.page_content, d) for d in found)
         mined.append(dataclasses.replace(example, hard_neg_docs=tuple(pool.values())))
     return mined
 

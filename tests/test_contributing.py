@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from rqa import contracts
+from rqa.errors import RqaError
 from rqa.plugins import load_plugins
 from rqa.schema import Document, Example, Turn
 from rqa.scoring import headline_keys, run_key_info
@@ -24,6 +25,7 @@ EXPECTED = {  # plugin name -> what its block registers
     "word-overlap": {("retrievers", "word-overlap")},
     "symmetric-loss": {("retriever_losses", "symmetric")},
     "extractive-generator": {("generators", "extractive")},
+    "tidy-passages": {("passage_filters", "long"), ("passage_filters", "no-copies")},
 }
 DOCS = [Document("The capital of France is Paris."), Document("Berlin is in Germany."), Document("Rome, Italy.")]
 EXAMPLE = Example(
@@ -76,7 +78,7 @@ def test_every_example_builds_and_satisfies_its_contract(installed):
     for registered in EXPECTED.values():
         for kind, name in registered:
             assert contracts.missing_statically(kind, plugin_set[kind].get(name).factory) == []
-            built = plugin_set[kind].build(name, top_k=2, model=embedder())
+            built = plugin_set[kind].build(name, top_k=2, model=embedder(), documents=DOCS)
             assert contracts.missing(kind, built) == [], (kind, name)
 
 
@@ -142,3 +144,19 @@ def test_the_generator_example_answers_and_chats(installed):
     generator = load_plugins()["generators"].build("extractive")
     assert generator.answer([EXAMPLE], [DOCS], max_new_tokens=16) == ["The capital of France is Paris."]
     assert generator.chat([[{"role": "user", "content": "Hello there"}]]) == ["Hello there"]
+
+
+def test_the_passage_filter_examples_leave_out_passages_as_rqa_generate_runs_them(installed):
+    from rqa.generate.filters import apply_passage_filters, choose_filters
+    from rqa.plugins import get_plugins
+
+    documents = [*DOCS, Document("Berlin  is in Germany.")]
+    get_plugins.cache_clear()  # rqa generate's process-wide plugin set, with the examples installed
+    try:
+        kept, report = apply_passage_filters(documents, choose_filters(["no-copies,long:max_words=4"]))
+    finally:
+        get_plugins.cache_clear()
+    assert kept == [2]  # 0 is over four words; 1 and 3 are one passage twice
+    assert (report["no-copies"]["removed"], report["long"]["removed"]) == (2, 1)
+    with pytest.raises(RqaError, match="max_copies must be at least 1"):
+        load_plugins()["passage_filters"].build("no-copies", {"max_copies": "0"}, documents=documents)

@@ -279,7 +279,7 @@ def test_bad_input_fails_clearly_before_anything_loads(site, database, tmp_path,
     no_passage.write_text("Write {num_questions} questions.")
     cases = [
         (args(empty, tmp_path / "a"), "holds no documents"),
-        (args(database, tmp_path / "b", "--filter", "roundtrp"), "did you mean 'roundtrip'"),
+        (args(database, tmp_path / "b", "--filter", "roundtrp"), "Did you mean 'roundtrip'?"),
         (args(database, tmp_path / "c", "--question_prompt", str(no_passage)), "{passage}"),
         (args(database, tmp_path / "d", "--questions_per_passage", "0"), "--questions_per_passage"),
         (args(database, tmp_path / "e", "--generator", "nope"), "nope"),
@@ -290,7 +290,7 @@ def test_bad_input_fails_clearly_before_anything_loads(site, database, tmp_path,
         assert stopped.value.code == 1
         error = capsys.readouterr().err
         assert expected in error, error
-    assert "short, boilerplate, roundtrip" in _error_of(lambda: choose_filters(["nonsense"]))
+    assert "Available: boilerplate, short, roundtrip;" in _error_of(lambda: choose_filters(["nonsense"]))
     assert not any((tmp_path / name).exists() for name in "abcde")
 
 

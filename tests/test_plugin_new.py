@@ -40,10 +40,10 @@ def generate(kinds: list[str], directory: Path) -> list[Path]:
 
 
 def test_packages_of_every_kind_without_a_model_install_and_pass_their_tests(tmp_path: Path) -> None:
-    kinds = ["metric", "loss", "formatter", "retriever"]
-    result = install_and_test(generate(kinds, tmp_path), tmp_path / "site")
+    tests = {"metric": 2, "loss": 3, "formatter": 2, "retriever": 2, "passage_filter": 3}  # entry point + own tests
+    result = install_and_test(generate(list(tests), tmp_path), tmp_path / "site")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"{len(kinds) * 2 + 1} passed" in result.stdout  # one entry-point test per package, one or two more
+    assert f"{sum(tests.values())} passed" in result.stdout
 
 
 @pytest.mark.slow  # its test loads the embedded embedder
@@ -110,3 +110,11 @@ def test_the_command_writes_the_package_and_says_what_next(tmp_path: Path, capsy
     assert (tmp_path / "rqa-word-count" / "src" / "rqa_word_count" / "__init__.py").is_file()
     assert "tests/test_word_count.py" in output
     assert f"pip install -e {tmp_path / 'rqa-word-count'} && rqa list-plugins --kind retrievers" in output
+
+
+def test_a_passage_filter_package_is_offered_by_the_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    main(["plugin", "new", "no-copies", "--kind", "passage_filter", "--dir", str(tmp_path)])
+    assert "rqa list-plugins --kind passage_filters" in capsys.readouterr().out
+    module = (tmp_path / "rqa-no-copies" / "src" / "rqa_no_copies" / "__init__.py").read_text()
+    assert "def no_copies(documents: Sequence[Document], max_copies: int = 1)" in module
+    assert 'register("no-copies", no_copies)' in module

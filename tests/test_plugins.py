@@ -143,6 +143,7 @@ def test_list_plugins_json_shows_the_plugin_with_the_documented_schema(make_plug
         "rqa-retriever-losses",
         "rqa-generators",
         "rqa-judge",
+        "rqa-passage-filters",
     }
     assert all(p["ok"] and p["error"] is None and p["version"] == rqa.__version__ for p in builtin_plugins.values())
 

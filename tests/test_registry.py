@@ -213,13 +213,15 @@ def test_resolved_arguments_hold_option_values_as_json_numbers(tmp_path):
     import json
 
     from rqa.config import parse_train_args
-    from rqa.training import _resolved_args, plan_training
+    from rqa.runs import RunRecord
+    from rqa.training import plan_training
 
     args = parse_train_args(
         ["--train_file", str(EXAMPLE / "train_w_qa.jsonl"), "--output_dir", str(tmp_path / "run"),
          "--loss", "label-smoothed-ce", "--loss_option", "smoothing=0.1"]
     )  # fmt: skip
-    written = json.dumps(_resolved_args(args, plan_training(args), "model"))
+    plan = plan_training(args)
+    written = json.dumps(RunRecord.create(tmp_path / "run", args.to_dict(), loss=plan.loss).to_json())
 
     assert '"resolved_loss": {"name": "label-smoothed-ce", "options": {"smoothing": 0.1}}' in written
     assert json.loads(written)["resolved_loss"]["options"]["smoothing"] == 0.1

@@ -28,7 +28,9 @@ WHAT = {
     "--filter",
     "filters",
     multiple=True,
-    help="Extra filter (repeatable, or comma-separated): short, boilerplate, roundtrip, or package.module:function.",
+    help="Extra filter (repeatable, or comma-separated): a passage filter NAME[:key=value,...] (built-ins short, "
+    "boilerplate; see rqa list-plugins --kind passage_filters), roundtrip (the retriever must rank the question's "
+    "passage in its top --roundtrip_k), or package.module:function (a function of a document: keep it or not).",
 )
 @option("--seed", type=int, default=0, show_default=True, help="Seed of the passage order.")
 @option("--hard_negatives", type=int, default=2, show_default=True, help="Hard negatives mined per gold passage.")

@@ -1,33 +1,32 @@
 """What ``rqa generate`` leaves out, and why: passages not worth asking about, and generated rows not worth keeping.
 
-Passage filters run before any generation (``--filter short``, ``--filter boilerplate``, or a user's own function
-``--filter package.module:function`` taking a ``Document`` and returning whether to keep it). Row checks run on
-every generated question and answer; the ones that need no choice always run, ``roundtrip`` when named. Every
-removal is counted under one reason (``REASONS``), which the summary table and ``generation.json`` report.
+Passage filters run before any generation. They are a registry kind (``passage_filters``, hook
+``register_passage_filters``; built-ins ``short`` and ``boilerplate``), named with ``--filter NAME[:key=value,...]``;
+``--filter package.module:function`` still takes a user's own function of a ``Document`` without packaging it as a
+plugin. Row checks run on every generated question and answer; the ones that need no choice always run,
+``roundtrip`` (it needs the retriever, so it is no passage filter) when named. Every removal is counted under one
+reason (``REASONS``, or the passage filter's name), which the summary table and ``generation.json`` report.
 """
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
-from rqa.errors import RqaError
+from rqa.contracts import PassageFilter
+from rqa.errors import RqaError, UnknownComponentError
+from rqa.registry import describe, parse_component_spec, validate_options
 from rqa.schema import Document
 from rqa.scoring import normalize_answer
 
-PassageFilter = Callable[[Document], bool]  # True: keep the passage
-
-SHORT_WORDS = 12  # fewer words than this: a heading, a link list or a stub, not something to ask about
-BOILERPLATE_SHARE = 0.5  # a passage most of whose lines recur in other passages is navigation or a footer
-BOILERPLATE_REPEATS = 3
-
-PASSAGE_FILTERS = ("short", "boilerplate")
-ROW_FILTERS = ("roundtrip",)
-FILTER_NAMES = (*PASSAGE_FILTERS, *ROW_FILTERS)
+KIND = "passage_filters"
+ROW_FILTERS = ("roundtrip",)  # --filter names that are options of the run, not passage filters
+EMPTY_PASSAGE = "passages without a word"
 
 # reason -> what it means; rows are removed by the first reason that applies, in this order
 REASONS: dict[str, str] = {
@@ -39,11 +38,6 @@ REASONS: dict[str, str] = {
     "empty_answer": "an empty answer",
     "overlong_answer": "an answer longer than --max_answer_words",
     "unanswerable": "an answer saying the passage does not hold the answer",
-}
-PASSAGE_REASONS: dict[str, str] = {
-    "empty_passage": "passages without a word",
-    "short": f"passages under {SHORT_WORDS} words (--filter short)",
-    "boilerplate": "passages most of whose lines recur in other passages (--filter boilerplate)",
 }
 
 _SOURCE = r"(?:passage|text|document|documents|context|article|information provided|given information)"
@@ -65,37 +59,76 @@ _UNANSWERABLE = re.compile(
 
 
 @dataclass(frozen=True)
-class FilterChoice:
-    """The filters a run asked for: passage filters by name (with their functions) and whether to round-trip."""
+class PassageChoice:
+    """One passage filter a run asked for, checked (name, options) but built only once the database is read."""
 
-    passage: dict[str, PassageFilter]
+    name: str  # the reason its removals are counted under
+    means: str  # what it removes, for generation.json and the summary table
+    build: Callable[[Sequence[Document]], PassageFilter]  # documents -> the filter
+
+
+@dataclass(frozen=True)
+class FilterChoice:
+    """The filters a run asked for: passage filters, in order, and whether to round-trip."""
+
+    passage: tuple[PassageChoice, ...]
     roundtrip: bool
 
-    @property
-    def names(self) -> list[str]:
-        return [*self.passage, *(["roundtrip"] if self.roundtrip else [])]
+
+def split_specs(values: Sequence[str]) -> list[str]:
+    """``--filter`` values (repeatable, comma-separated) into one spec per filter. A ``key=value`` part continues
+    the filter before it in the same value: ``short:min_words=20,boilerplate`` is two filters,
+    ``boilerplate:max_share=0.6,min_repeats=4`` one."""
+    specs: list[str] = []
+    for value in values:
+        first = len(specs)
+        for part in (p.strip() for p in value.split(",")):
+            if part and "=" in part and ":" not in part and len(specs) > first:
+                specs[-1] += f",{part}"
+            elif part:
+                specs.append(part)
+    return specs
 
 
-def choose_filters(specs: Sequence[str]) -> FilterChoice:
-    """``--filter`` values (repeatable, comma-separated) resolved; an unknown name lists the valid ones."""
-    names = [part.strip() for spec in specs for part in spec.split(",") if part.strip()]
-    passage: dict[str, PassageFilter] = {}
+def choose_filters(values: Sequence[str]) -> FilterChoice:
+    """``--filter`` values resolved and their options checked, before anything loads; an unknown name lists the
+    valid ones (registered passage filters and ``roundtrip``)."""
+    from rqa.plugins import get_plugins
+
+    registry = get_plugins()[KIND]
+    passage: list[PassageChoice] = []
     roundtrip = False
-    for name in names:
-        if name == "roundtrip":
+    for spec in split_specs(values):
+        name = spec.partition(":")[0].strip()
+        if spec == "roundtrip":
             roundtrip = True
-        elif name in PASSAGE_FILTERS:
-            passage[name] = _short if name == "short" else _never  # boilerplate needs the database: see apply
-        elif ":" in name:
-            passage[name] = _import_filter(name)
+            continue
+        if name in registry:
+            name, options = parse_component_spec(spec)
+            typed = validate_options(registry.get(name), options, context={"documents"})
+            means = f"{registry.get(name).description.rstrip('.')} (--filter {spec})"
+            choice = PassageChoice(name, means, partial(_build, registry, name, typed))
+        elif ":" in spec and "=" not in spec:
+            function = _import_filter(spec)
+            means = f"{describe(function).rstrip('.') or 'passages it rejects'} (--filter {spec})"
+            choice = PassageChoice(spec, means, partial(_as_built, function))
         else:
-            close = difflib.get_close_matches(name, FILTER_NAMES, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise RqaError(
-                f"unknown --filter '{name}'{hint}; valid filters: {', '.join(FILTER_NAMES)}, "
-                "or package.module:function (a function taking a document and returning whether to keep it)"
+            raise UnknownComponentError(
+                f"--filter: {registry.unknown_message(name, also=ROW_FILTERS)}; or package.module:function "
+                "(a function taking a document and returning whether to keep it)"
             )
-    return FilterChoice(passage, roundtrip)
+        if any(c.name == choice.name for c in passage):
+            raise RqaError(f"--filter {choice.name} is given twice")
+        passage.append(choice)
+    return FilterChoice(tuple(passage), roundtrip)
+
+
+def _build(registry: Any, name: str, options: dict[str, Any], documents: Sequence[Document]) -> PassageFilter:
+    return registry.build(name, options, documents=list(documents))
+
+
+def _as_built(function: PassageFilter, documents: Sequence[Document]) -> PassageFilter:
+    return function  # a package.module:function filter judges each passage alone
 
 
 def _import_filter(spec: str) -> PassageFilter:
@@ -109,35 +142,13 @@ def _import_filter(spec: str) -> PassageFilter:
     return function
 
 
-def _short(document: Document) -> bool:
-    return len(document.page_content.split()) >= SHORT_WORDS
-
-
-def _never(document: Document) -> bool:
-    return True
-
-
-def boilerplate_filter(documents: Sequence[Document]) -> PassageFilter:
-    """A filter dropping passages most of whose lines occur in ``BOILERPLATE_REPEATS`` or more passages."""
-    counts = Counter(line for d in documents for line in {_line_key(x) for x in d.page_content.splitlines()} if line)
-
-    def keep(document: Document) -> bool:
-        lines = [key for key in (_line_key(x) for x in document.page_content.splitlines()) if key]
-        repeated = sum(counts[key] >= BOILERPLATE_REPEATS for key in lines)
-        return not lines or repeated / len(lines) <= BOILERPLATE_SHARE
-
-    return keep
-
-
-def _line_key(line: str) -> str:
-    return " ".join(line.lower().split())
-
-
-def apply_passage_filters(documents: Sequence[Document], choice: FilterChoice) -> tuple[list[int], Counter[str]]:
-    """Indices of the passages worth asking about, and how many each filter (first that applies) removed."""
-    filters = dict(choice.passage)
-    if "boilerplate" in filters:
-        filters["boilerplate"] = boilerplate_filter(documents)
+def apply_passage_filters(
+    documents: Sequence[Document], choice: FilterChoice
+) -> tuple[list[int], dict[str, dict[str, Any]]]:
+    """Indices of the passages worth asking about, and per reason (empty passages, then each filter in order) how
+    many it removed (the first reason that applies) and what it means. Each filter is built here, seeing the whole
+    database once."""
+    filters = {c.name: c.build(documents) for c in choice.passage}
     kept: list[int] = []
     removed: Counter[str] = Counter()
     for index, document in enumerate(documents):
@@ -154,7 +165,8 @@ def apply_passage_filters(documents: Sequence[Document], choice: FilterChoice) -
             kept.append(index)
         else:
             removed[reason] += 1
-    return kept, removed
+    meanings = {"empty_passage": EMPTY_PASSAGE, **{c.name: c.means for c in choice.passage}}
+    return kept, {reason: {"removed": removed[reason], "means": means} for reason, means in meanings.items()}
 
 
 def question_problem(question: str, max_words: int) -> str | None:

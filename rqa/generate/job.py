@@ -48,7 +48,7 @@ def run_generate(settings: GenerateSettings, console: Any) -> dict[str, str]:
     generator_choice = choose_generator(settings.generator, settings.generator_options)
     retriever_choice = choose("retrievers", settings.retriever, settings.retriever_options)
     documents = read_documents(settings.documents)
-    candidates, passage_removed = apply_passage_filters(documents, filters)
+    candidates, passage_filters = apply_passage_filters(documents, filters)
     plan = make_plan(candidates, settings.targets(), settings.seed)
     fingerprint = settings.fingerprint(fingerprint_documents(documents), [prompts.question, prompts.answer])
     header = {"kind": "rqa generate work log", "fingerprint": fingerprint, "settings": settings.to_dict()}
@@ -122,7 +122,7 @@ def run_generate(settings: GenerateSettings, console: Any) -> dict[str, str]:
         "passages_used": sum(1 for record in records if record["rows"]),
         "work_log": str(output_dir / "generation-log.jsonl"),
     }
-    data = summary(state, passage_removed, files, extra)
+    data = summary(state, passage_filters, files, extra)
     files["summary"] = str(write_summary(output_dir, data))
     console.print(summary_table(data))
     return files

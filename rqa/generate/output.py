@@ -19,7 +19,7 @@ from rich.text import Text
 
 from rqa import __version__
 from rqa.files import write_json_atomic, write_text_atomic
-from rqa.generate.filters import PASSAGE_REASONS, REASONS
+from rqa.generate.filters import REASONS
 from rqa.generate.plan import SPLITS
 from rqa.progress import Advance, TimeLeftColumn, average_rate, draws_bars
 from rqa.schema import Document
@@ -93,9 +93,10 @@ def filter_counts(removed: dict[str, int], asked: int) -> dict[str, dict[str, An
 
 
 def summary(
-    state: Any, passage_removed: dict[str, int], files: dict[str, str], extra: dict[str, Any]
+    state: Any, passage_filters: dict[str, dict[str, Any]], files: dict[str, str], extra: dict[str, Any]
 ) -> dict[str, Any]:
-    """The body of ``generation.json``: settings and prompts (in ``extra``), counts, filters, rate and files."""
+    """The body of ``generation.json``: settings and prompts (in ``extra``), counts, filters (``passage_filters``
+    from ``apply_passage_filters``), rate and files."""
     rows = sum(state.counts.values())
     minutes = state.seconds / 60
     return {
@@ -104,10 +105,7 @@ def summary(
         "targets": dict(state.targets),
         "questions_asked": state.asked,
         "filters": filter_counts(state.removed, state.asked),
-        "passage_filters": {
-            reason: {"removed": passage_removed.get(reason, 0), "means": means}
-            for reason, means in PASSAGE_REASONS.items()
-        },
+        "passage_filters": passage_filters,
         "surplus": state.surplus,
         "generation_seconds": round(state.seconds, 2),
         "rows_per_minute": round(rows / minutes, 2) if minutes > 0 else None,

@@ -16,9 +16,11 @@ import json
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 from rqa.errors import RqaError
+from rqa.retriever_data import select_negatives
 from rqa.schema import Document
 from rqa.scoring import normalize_answer
 
@@ -154,13 +156,12 @@ def mine_negatives(retriever: Any, documents: Sequence[Document], golds: Sequenc
     hits = retriever.retrieve([documents[g].text for g in golds], min(count + 10, len(documents)))
     negatives: list[list[int]] = []
     for gold, ranked in zip(golds, hits, strict=True):
-        chosen: list[int] = []
-        for document, _ in ranked:
-            index = position.get(document.page_content)
-            if index is None or index == gold or index in chosen or is_copy(document, documents[gold]):
-                continue
-            chosen.append(index)
-            if len(chosen) == count:
-                break
-        negatives.append(chosen)
+        excluded = partial(_gold_or_unknown, position, documents[gold])
+        chosen = select_negatives((document for document, _ in ranked), count, excluded)
+        negatives.append([position[document.page_content] for document in chosen])
     return negatives
+
+
+def _gold_or_unknown(position: dict[str, int], gold: Document, document: Document) -> bool:
+    """Not a negative of ``gold``: a copy of it, or a passage without an index in the database."""
+    return document.page_content not in position or is_copy(document, gold)

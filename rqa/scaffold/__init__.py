@@ -15,7 +15,7 @@ from string import Template
 from rqa.errors import RqaError
 from rqa.registry import SINGULAR
 from rqa.scaffold.kinds import TEMPLATES
-from rqa.scaffold.templates import PYPROJECT, README, TEST_HEAD, KindTemplate
+from rqa.scaffold.templates import HOOK, PYPROJECT, README, TEST_HEAD, KindTemplate
 
 _VALID_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")  # a component name that also makes a Python module name
 
@@ -66,7 +66,7 @@ def plugin_files(name: str, kind: str) -> dict[str, str]:
     return {
         "pyproject.toml": Template(PYPROJECT).substitute(values),
         "README.md": Template(README).substitute(values),
-        f"src/{names.module}/__init__.py": Template(template.module).substitute(values),
+        f"src/{names.module}/__init__.py": Template(template.module + HOOK).substitute(values),
         f"tests/test_{names.ident}.py": Template(TEST_HEAD + template.test).substitute(values),
     }
 

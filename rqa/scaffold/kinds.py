@@ -1,5 +1,8 @@
 """What ``rqa plugin new`` writes for each kind: one working component, its hook, and a test of both.
 
+This module holds the kinds a training run assembles (metrics, losses, formatters) and ``TEMPLATES``, every kind
+by its ``--kind`` name; ``rqa.scaffold.database_kinds`` those that work on the document database.
+
 Each template is the code a plugin author starts from, so it follows CONTRIBUTING.md: factories registered by
 name, heavy libraries imported inside the factory or method that needs them, options checked with
 ``ValueError``. ``$name`` is the component (and plugin) name, ``$package`` the distribution, ``$Class`` and
@@ -8,6 +11,7 @@ name, heavy libraries imported inside the factory or method that needs them, opt
 
 from __future__ import annotations
 
+from rqa.scaffold.database_kinds import PASSAGE_FILTER, RETRIEVER, RETRIEVER_LOSS
 from rqa.scaffold.templates import KindTemplate
 
 METRIC = KindTemplate(
@@ -42,11 +46,6 @@ class ${Class}Metric(Metric):
 def $ident() -> ${Class}Metric:
     """$key: share of answers equal to the gold answer (SQuAD-normalised)."""
     return ${Class}Metric()
-
-
-@hookimpl
-def register_metrics(register) -> None:
-    register("$name", $ident)
 ''',
     test_imports=("import pytest", "from rqa import contracts", "from rqa.plugins import load_plugins"),
     test="""
@@ -98,11 +97,6 @@ def $ident(smoothing: float = 0.0) -> ${Class}Loss:
     if not 0 <= smoothing < 1:
         raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
     return ${Class}Loss(smoothing)
-
-
-@hookimpl
-def register_losses(register) -> None:
-    register("$name", $ident)
 ''',
     test_imports=(
         "import pytest",
@@ -168,11 +162,6 @@ def $ident(tokenizer: Any = None) -> ${Class}Formatter:
     """Plain 'Q: ... A: ...' lines after the passages; BOS when the tokenizer has one."""
     adds_bos = tokenizer is not None and tokenizer.bos_token_id is not None
     return ${Class}Formatter(bos=tokenizer.bos_token if adds_bos else "")
-
-
-@hookimpl
-def register_formatters(register) -> None:
-    register("$name", $ident)
 ''',
     test_imports=(
         "from rqa import contracts",
@@ -201,152 +190,11 @@ def test_the_formatter_renders_prompt_reply_and_answer() -> None:
 """,
 )
 
-RETRIEVER = KindTemplate(
-    kind="retrievers",
-    summary="ranks passages by how many distinct query words they contain (no model)",
-    usage="rqa index --documents documents.jsonl --index index --retriever $name",
-    module='''"""$package: the rqa retriever $name. Replace ``index`` and ``retrieve`` with your method."""
-
-from __future__ import annotations
-
-import json
-import re
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
-
-from rqa import hookimpl
-from rqa.indexing import IndexedRetriever
-from rqa.schema import Document, fingerprint_documents
-
-
-class ${Class}Retriever(IndexedRetriever):
-    """rqa's ``IndexedRetriever.build`` reuses a matching index, rebuilds a stale one and writes atomically."""
-
-    name = "$name"
-    index_files = ("words.json",)
-
-    def __init__(self, lowercase: bool = True) -> None:
-        super().__init__()
-        self.lowercase = lowercase
-        self.words: list[set[str]] = []
-
-    def _words(self, text: str) -> set[str]:
-        return set(re.findall(r"\\w+", text.lower() if self.lowercase else text))
-
-    def manifest(self, documents: Sequence[Document]) -> dict[str, Any]:
-        """Everything that changes the index: a different value means a rebuild."""
-        return {
-            "retriever": self.name,
-            "lowercase": self.lowercase,
-            "num_documents": len(documents),
-            "fingerprint": fingerprint_documents(list(documents)),
-        }
-
-    def index(self, documents: Sequence[Document], progress: bool) -> None:
-        self.words = [self._words(document.text) for document in documents]
-
-    def save(self, directory: Path) -> None:
-        (directory / "words.json").write_text(json.dumps([sorted(words) for words in self.words]))
-
-    def load(self, directory: Path, expected: dict[str, Any]) -> str | None:
-        words = json.loads((directory / "words.json").read_text())
-        if len(words) != len(self.documents):
-            return "it holds a different number of documents"
-        self.words = [set(w) for w in words]
-        return None
-
-    def retrieve(self, queries: Sequence[str], k: int) -> list[list[tuple[Document, float]]]:
-        results = []
-        for query in queries:
-            wanted = self._words(query)
-            scores = [len(wanted & words) for words in self.words]
-            best = sorted(range(len(scores)), key=lambda i: -scores[i])[:k]
-            results.append([(self.documents[i], float(scores[i])) for i in best])
-        return results
-
-
-def $ident(lowercase: bool = True) -> ${Class}Retriever:
-    """Distinct query words found in each passage (no model, no download)."""
-    return ${Class}Retriever(lowercase)
-
-
-@hookimpl
-def register_retrievers(register) -> None:
-    register("$name", $ident)
-''',
-    test_imports=(
-        "from rqa import contracts",
-        "from rqa.plugins import load_plugins",
-        "from rqa.schema import Document",
-    ),
-    test="""
-
-DOCUMENTS = [Document("The capital of France is Paris."), Document("Berlin is in Germany."), Document("Rome.")]
-
-
-def test_the_retriever_indexes_reuses_and_retrieves(tmp_path) -> None:
-    assert built().build(DOCUMENTS, tmp_path / "index") is True  # built
-    retriever = built()
-    assert retriever.build(DOCUMENTS, tmp_path / "index") is False  # the saved index matches: reused
-    (hits,) = retriever.retrieve(["capital of France"], 2)
-    assert hits[0][0].page_content == DOCUMENTS[0].page_content
-    assert len(hits) == 2 and hits[0][1] >= hits[1][1]
-""",
-)
-
-RETRIEVER_LOSS = KindTemplate(
-    kind="retriever_losses",
-    summary="in-batch negatives with a temperature, for `rqa train-retriever`",
-    usage="rqa train-retriever --train_file train.jsonl --loss $name --loss_option temperature=0.05",
-    module='''"""$package: the rqa retriever loss $name.
-
-Any ``torch.nn.Module`` that keeps the model it trains as ``model`` fits; this one is sentence-transformers'.
-"""
-
-from __future__ import annotations
-
-from typing import Any
-
-from rqa import hookimpl
-
-
-def $ident(model: Any, temperature: float = 0.05) -> Any:
-    """In-batch negatives: each question against every passage of its batch (option: temperature)."""
-    if not temperature > 0:
-        raise ValueError(f"temperature must be above 0, got {temperature}")
-    try:
-        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-    except ImportError:  # sentence-transformers before 6
-        from sentence_transformers.losses import MultipleNegativesRankingLoss
-
-    return MultipleNegativesRankingLoss(model, scale=1.0 / temperature)
-
-
-@hookimpl
-def register_retriever_losses(register) -> None:
-    register("$name", $ident)
-''',
-    test_imports=("from rqa import contracts", "from rqa.plugins import load_plugins"),
-    test="""
-
-def test_the_loss_scores_a_batch_of_questions_and_passages() -> None:
-    from rqa.models import resolve_embedder
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(resolve_embedder(None))  # rqa's embedded embedder: no download
-    loss = load_plugins()[KIND].build("$name", model=model)
-    assert contracts.missing(KIND, loss) == [] and loss.model is model
-    features = [model.tokenize(["capital of France?", "river in Rome?"]), model.tokenize(["Paris.", "The Tiber."])]
-    value = loss(features, None)
-    assert value.dim() == 0 and value.item() > 0
-""",
-)
-
 TEMPLATES: dict[str, KindTemplate] = {
     "metric": METRIC,
     "loss": LOSS,
     "formatter": FORMATTER,
     "retriever": RETRIEVER,
     "retriever_loss": RETRIEVER_LOSS,
+    "passage_filter": PASSAGE_FILTER,
 }

@@ -1,7 +1,8 @@
-"""The files of a plugin package that every kind shares: ``pyproject.toml``, README, the head of the test.
+"""The files of a plugin package that every kind shares: ``pyproject.toml``, README, the hook, the head of the test.
 
 ``string.Template`` placeholders: ``$name`` (component and plugin), ``$package`` (distribution), ``$module``,
-``$kind`` (registry kind), ``$noun``, ``$summary`` and ``$usage`` (from the kind's ``KindTemplate``).
+``$kind`` (registry kind), ``$ident`` (the factory), ``$noun``, ``$summary`` and ``$usage`` (from the kind's
+``KindTemplate``).
 """
 
 from __future__ import annotations
@@ -14,10 +15,17 @@ class KindTemplate:
     kind: str  # the registry kind: the hook is register_<kind>
     summary: str  # what the example component does, for the README
     usage: str  # how to use it, for the README
-    module: str  # the plugin module's source
+    module: str  # the plugin module's source, up to its hook (``HOOK``, the same for every kind, follows)
     test_imports: tuple[str, ...]  # the import lines of the plugin's test, sorted
     test: str  # the plugin's test, after the checks every kind shares
 
+
+HOOK = """
+
+@hookimpl
+def register_$kind(register) -> None:
+    register("$name", $ident)
+"""
 
 TEST_HEAD = '''"""$package as rqa sees it: found through its entry point, true to its contract, working."""
 
