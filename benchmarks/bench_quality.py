@@ -39,10 +39,17 @@ def common_data_flags(index: Path) -> list[str]:
     return ["--full_dataset_file_path", str(DATA_DIR / "documents.pkl"), "--full_dataset_index_path", str(index)]
 
 
-def train_flags(output: Path, index: Path, learning_rate: float, max_seq_length: int, extra: list[str]) -> list[str]:
+def train_flags(
+    output: Path,
+    index: Path,
+    learning_rate: float,
+    max_seq_length: int,
+    extra: list[str],
+    train_file: Path | None = None,
+) -> list[str]:
     return [
         RQA, "train",
-        "--train_file", str(DATA_DIR / "train_w_qa.jsonl"),
+        "--train_file", str(train_file or DATA_DIR / "train_w_qa.jsonl"),
         "--test_file", str(DATA_DIR / "test_w_qa.jsonl"),
         *common_data_flags(index),
         "--output_dir", str(output),
