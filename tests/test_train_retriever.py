@@ -179,7 +179,7 @@ def test_unknown_loss_and_bad_temperature_fail_before_any_model_loads(tmp_path, 
     assert "--temperature must be above 0" in capsys.readouterr().err
 
 
-def test_contrastive_equals_multiple_negatives_ranking_loss_with_scale_one_over_temperature(tiny_embedder):
+def test_contrastive_equals_multiple_negatives_ranking_loss_with_scale_one_over_temperature(tiny_embedder, monkeypatch):
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
@@ -199,7 +199,9 @@ def test_contrastive_equals_multiple_negatives_ranking_loss_with_scale_one_over_
         reference = MultipleNegativesRankingLoss(model, scale=10.0)(features, None)
     assert torch.isclose(ours, reference)
     assert loss.scale == pytest.approx(10.0)
-    assert loss.gather_across_devices  # under several processes, every process's passages are negatives
+    assert not loss.gather_across_devices  # one process: nothing to gather
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under several processes, every process's passages are negatives
+    assert load_plugins()["retriever_losses"].build("contrastive", {}, model=model).gather_across_devices
 
 
 # --- hard negatives, the database check, replug, stopping and resuming ---------------------------------------

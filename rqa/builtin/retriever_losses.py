@@ -6,6 +6,7 @@ A retriever loss is a ``torch.nn.Module`` that sentence-transformers' trainer ca
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from rqa.hookspecs import hookimpl
@@ -21,12 +22,13 @@ def contrastive(model: Any, temperature: float = 0.05, mini_batch_size: int = 0)
     from sentence_transformers.sentence_transformer import losses
 
     # cosine similarities scaled by 1/temperature, softmax cross-entropy against every passage in the batch, and
-    # under several processes against every process's passages (gathered; a no-op in a single process)
+    # under several processes (torchrun sets WORLD_SIZE) against every process's passages, gathered
+    gather = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if mini_batch_size:  # GradCache: a large batch's negatives in the memory of a mini-batch, for ~20 % more time
         return losses.CachedMultipleNegativesRankingLoss(
-            model, scale=1.0 / temperature, mini_batch_size=mini_batch_size, gather_across_devices=True
+            model, scale=1.0 / temperature, mini_batch_size=mini_batch_size, gather_across_devices=gather
         )
-    return losses.MultipleNegativesRankingLoss(model, scale=1.0 / temperature, gather_across_devices=True)
+    return losses.MultipleNegativesRankingLoss(model, scale=1.0 / temperature, gather_across_devices=gather)
 
 
 def replug(
