@@ -258,10 +258,9 @@ def rqa_trainer(settings: Settings, output_dir: str, encoded: list[dict[str, Any
     import torch
 
     from rqa.config import RqaTrainingArguments
-    from rqa.models import load_generator, load_tokenizer
+    from rqa.models import load_generator, load_tokenizer, save_host_memory, training_collator
     from rqa.plugins import get_plugins
     from rqa.trainer import RqaTrainer
-    from rqa.training import _collator, save_host_memory
 
     path = generator_path()
     tokenizer = load_tokenizer(path)
@@ -278,7 +277,7 @@ def rqa_trainer(settings: Settings, output_dir: str, encoded: list[dict[str, Any
         model=model,
         args=args,
         train_dataset=encoded,
-        data_collator=_collator(args, model, tokenizer),
+        data_collator=training_collator(args, model, tokenizer),
         processing_class=tokenizer,
         loss=get_plugins()["losses"].create("answer-ce"),
     )

@@ -8,79 +8,30 @@ latest question, build an ``Example`` (history included), take ``ExampleEncoder.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rqa import assembly
+from rqa.assembly import RunSettings
 from rqa.errors import RqaError
-from rqa.runs import SavedRun, component, read_run, setting
 from rqa.schema import Document, Example, Turn
 
 Hit = tuple[Document, float]
+AssistantSettings = RunSettings  # what ``Assistant.load`` takes (the name earlier code imports)
 
 
-@dataclass
-class AssistantSettings:
-    """Everything needed to load an assistant: the command line over a run's ``rqa_args.json``."""
+def resolve_settings(model: str | None, **options: Any) -> RunSettings:
+    """``rqa.assembly.resolve_settings`` (same keywords) for an assistant, which needs a database that exists.
 
-    model: str | None
-    documents: str
-    index: str | None
-    formatter: str = "auto"
-    formatter_options: dict[str, Any] = field(default_factory=dict)
-    formatter_option_pairs: tuple[str, ...] = ()
-    retriever: str = "dense-faiss"
-    retriever_options: dict[str, Any] = field(default_factory=dict)
-    retriever_option_pairs: tuple[str, ...] = ()
-    embedding_model: str | None = None
-    top_k: int = 4
-    max_new_tokens: int = 128
-    max_seq_length: int = 2048
-    generator: str = "hf"  # a generator backend spec (rqa.backends); hf: the local model above
-
-
-def resolve_settings(
-    model: str | None,
-    documents: str | None = None,
-    index: str | None = None,
-    formatter: str | None = None,
-    formatter_options: Sequence[str] = (),
-    retriever: str | None = None,
-    retriever_options: Sequence[str] = (),
-    embedding_model: str | None = None,
-    top_k: int | None = None,
-    max_new_tokens: int | None = None,
-    max_seq_length: int | None = None,
-    generator: str | None = None,
-) -> AssistantSettings:
-    """Options given win; a training run's choices fill the rest; then rqa's defaults."""
-    run = read_run(model)
-    saved = run or SavedRun(Path(model or "."))  # nothing recorded: every setting falls to the default
-    documents = documents or saved.database()
-    if not documents:
+    Its model loads as saved (transformers' default attention), whatever attention the run trained with.
+    """
+    settings = assembly.resolve_settings(model, **{**options, "use_flash_attention": False})
+    if not settings.documents:
         raise RqaError("no document database: pass --documents (JSONL or LocalRQA .pkl)")
-    if not Path(documents).exists():
-        raise RqaError(f"{documents} does not exist; pass --documents")
-    if index is None and run is not None:
-        index = run.index_for(documents)
-    formatter, saved_formatter_options = component(formatter, saved.formatter, "auto")
-    retriever, saved_retriever_options = component(retriever, saved.retriever, "dense-faiss")
-    return AssistantSettings(
-        model=model,
-        documents=documents,
-        index=index,
-        formatter=formatter,
-        formatter_options=saved_formatter_options,
-        formatter_option_pairs=tuple(formatter_options),
-        retriever=retriever,
-        retriever_options=saved_retriever_options,
-        retriever_option_pairs=tuple(retriever_options),
-        embedding_model=embedding_model or saved.embedding_model,
-        top_k=setting(top_k, saved.top_k, 4),
-        max_new_tokens=setting(max_new_tokens, saved.max_new_tokens, 128),
-        max_seq_length=setting(max_seq_length, saved.max_seq_length, 2048),
-        generator=generator or "hf",
-    )
+    if not Path(settings.documents).exists():
+        raise RqaError(f"{settings.documents} does not exist; pass --documents")
+    return settings
 
 
 @dataclass
@@ -124,42 +75,21 @@ class Assistant:
         self.top_k, self.max_new_tokens = top_k, max_new_tokens
 
     @classmethod
-    def load(cls, settings: AssistantSettings) -> Assistant:
-        """Check the names first, then load the database and index, then the model."""
-        from rqa.backends import remote_generator
-        from rqa.pipeline import build_retriever, choose, choose_all
+    def load(cls, settings: RunSettings) -> Assistant:
+        """Check the names first, then load the database and index, then the model (``rqa.assembly``)."""
+        from rqa.pipeline import check_all
 
-        chosen, problems = choose_all(
-            {
-                "formatter": lambda: choose(
-                    "formatters", settings.formatter, settings.formatter_option_pairs, **settings.formatter_options
-                ),
-                "retriever": lambda: choose(
-                    "retrievers", settings.retriever, settings.retriever_option_pairs, **settings.retriever_options
-                ),
-                "generator": lambda: remote_generator(settings.generator),
-            }
+        chosen = check_all(settings.checks("formatter", "retriever", "generator"))
+        retriever = assembly.build_retriever(settings, chosen["retriever"])
+        generation = assembly.build_generation(settings, chosen["generator"], chosen["formatter"])
+        return cls(
+            generation.model,
+            generation.encoder,
+            retriever,
+            settings.top_k,
+            settings.max_new_tokens,
+            generator=generation.backend,
         )
-        if problems:
-            raise RqaError("the configuration has problems:\n  - " + "\n  - ".join(problems))
-        from rqa.schema import read_documents
-
-        documents = read_documents(settings.documents)
-        retriever = build_retriever(
-            chosen["retriever"], documents, settings.index, embedding_model=settings.embedding_model
-        )
-        if chosen["generator"] is not None:  # a remote backend renders its own prompts: no local model
-            generator = chosen["generator"].build()
-            return cls(None, None, retriever, settings.top_k, settings.max_new_tokens, generator=generator)
-
-        from rqa.data import ExampleEncoder
-        from rqa.models import load_generator, load_tokenizer, resolve_generator
-
-        model_path = resolve_generator(settings.model)
-        tokenizer = load_tokenizer(model_path)
-        formatter = chosen["formatter"].build(tokenizer=tokenizer)
-        encoder = ExampleEncoder(tokenizer, formatter, max_seq_length=settings.max_seq_length)
-        return cls(load_generator(model_path), encoder, retriever, settings.top_k, settings.max_new_tokens)
 
     def prompt_ids(self, question: str, history: Sequence[Turn], passages: Sequence[Document]) -> list[int]:
         """The prompt as training builds it: the example's gold passages are the retrieved ones."""

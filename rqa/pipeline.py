@@ -1,6 +1,7 @@
-"""Assembling a run from component names: checked up front, built only when needed.
+"""Choosing a run's components by name: checked up front, built only when needed (by ``rqa.assembly``).
 
-``rqa train`` and ``rqa evaluate`` share these steps, and ``--dry_run`` runs the checking half alone.
+Every command that picks components by name checks them here, all problems at once; ``--dry_run`` runs this
+half alone.
 """
 
 from __future__ import annotations
@@ -60,6 +61,14 @@ def choose_all(checks: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         except RqaError as error:
             problems.append(str(error))
     return results, problems
+
+
+def check_all(checks: dict[str, Any]) -> dict[str, Any]:
+    """``choose_all``, raising one error that lists every problem; the results by label otherwise."""
+    results, problems = choose_all(checks)
+    if problems:
+        raise RqaError("the configuration has problems:\n  - " + "\n  - ".join(problems))
+    return results
 
 
 def metric_names(requested: Sequence[str]) -> list[str]:

@@ -21,7 +21,6 @@ from transformers import TrainerCallback
 from rqa.contracts import SupportsRefresh, SupportsTrainingData
 from rqa.errors import RqaError
 from rqa.evaluation import prediction_row, score_rows, write_results
-from rqa.files import write_json_atomic
 from rqa.retriever_data import (
     check_gold_in_database,
     check_hard_negatives,
@@ -187,9 +186,9 @@ def run_retriever_training(args: RqaRetrieverTrainingArguments, console: Any = N
     )
     clear_for_overwrite(args)
     if trainer.is_world_process_zero():
-        output_dir.mkdir(parents=True, exist_ok=True)
-        resolved = {**args.to_dict(), "resolved_loss": {"name": loss_choice.name, "options": loss_choice.options}}
-        write_json_atomic(output_dir / "rqa_args.json", resolved)
+        from rqa.runs import RunRecord
+
+        RunRecord.create(output_dir, args.to_dict(), loss=loss_choice).write()
     try:
         trainer.train(resume_from_checkpoint=resume_path(args))
     except StopRequested:

@@ -127,7 +127,7 @@ def test_bf16_on_a_cpu_that_emulates_it_is_flagged(monkeypatch, caplog, avx512_b
 
     import torch
 
-    from rqa.training import warn_if_bf16_is_emulated
+    from rqa.models import warn_if_bf16_is_emulated
 
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)

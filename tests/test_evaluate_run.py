@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from helpers import embedded_tokenizer, example, tiny_model
 
-from rqa.cli.evaluate import _database_and_index
+from rqa.assembly import database_and_index as _database_and_index
 from rqa.errors import RqaError
-from rqa.runs import SavedComponent, SavedRun, component, read_run, setting
+from rqa.pipeline import ComponentChoice
+from rqa.runs import RunRecord, component, read_run, setting
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "example"
@@ -154,19 +155,16 @@ def test_read_run_types_the_settings(tmp_path: Path) -> None:
         "learning_rate": 1e-5,
     }
     run = read_run(str(write_args(tmp_path / "run", json.dumps(saved))))
-    assert run == SavedRun(
+    assert run == RunRecord(
         directory=tmp_path / "run",
-        formatter=SavedComponent("prefixes", {"user_prefix": "Q"}),
-        retriever=SavedComponent("dense-faiss", {}),
+        arguments={k: v for k, v in saved.items() if not k.startswith("resolved_")},
+        formatter=ComponentChoice("formatters", "prefixes", {"user_prefix": "Q"}),
+        retriever=ComponentChoice("retrievers", "dense-faiss", {}),
         metrics=["retrieval", "token-f1"],
-        top_k=3,
-        max_new_tokens=6,
-        max_seq_length=768,
-        eval_batch_size=4,
-        use_flash_attention=False,
-        documents="docs.jsonl",
-        qa_files=("train.jsonl", "test.jsonl"),
     )
+    typed = ("top_k", "max_new_tokens", "max_seq_length", "eval_batch_size", "use_flash_attention", "documents")
+    assert [getattr(run, name) for name in typed] == [3, 6, 768, 4, False, "docs.jsonl"]
+    assert run.qa_files == ("train.jsonl", "test.jsonl") and run.embedding_model is None and run.index is None
     assert run.index_for("docs.jsonl") == str(tmp_path / "run" / "index")
     assert run.index_for("other.jsonl") is None  # another database is never indexed over the run's index
     assert read_run(None) is None and read_run("HuggingFaceTB/SmolLM2-135M") is None
@@ -203,7 +201,7 @@ def test_commands_report_a_broken_file_in_one_line(tmp_path: Path, command: str)
 def test_given_values_win_then_the_run_then_the_default() -> None:
     assert setting(2, 3, 4) == 2 and setting(None, 3, 4) == 3 and setting(None, None, 4) == 4
     assert setting(0, 3, 4) == 0  # a given zero is a value, not a gap
-    saved = SavedComponent("prefixes", {"user_prefix": "Q"})
+    saved = ComponentChoice("formatters", "prefixes", {"user_prefix": "Q"})
     assert component(None, saved, "auto") == ("prefixes", {"user_prefix": "Q"})
     assert component("prefixes:sep_user=;", saved, "auto") == ("prefixes:sep_user=;", {"user_prefix": "Q"})
     assert component("chatml", saved, "auto") == ("chatml", {})  # the run's options belong to its formatter
@@ -211,7 +209,7 @@ def test_given_values_win_then_the_run_then_the_default() -> None:
 
 
 def test_database_and_index_never_index_other_passages_over_the_run(tmp_path: Path) -> None:
-    run = SavedRun(directory=tmp_path / "run", qa_files=("train.jsonl",))
+    run = RunRecord(directory=tmp_path / "run", arguments={"train_file": "train.jsonl"})
     own = [example(passages=("Own passage.",))]
     data = [example(passages=("Data passage.",))]
     documents, index = _database_and_index(None, None, run, own, data)
@@ -220,6 +218,7 @@ def test_database_and_index_never_index_other_passages_over_the_run(tmp_path: Pa
     assert [d.page_content for d in documents] == ["Data passage."] and index is None
     assert _database_and_index(None, "mine", run, None, data)[1] == "mine"
     database = str(EXAMPLE / "documents.jsonl")
-    with_database = SavedRun(directory=tmp_path / "run", documents=database, index=str(tmp_path / "idx"))
+    paths = {"full_dataset_file_path": database, "full_dataset_index_path": str(tmp_path / "idx")}
+    with_database = RunRecord(directory=tmp_path / "run", arguments=paths)
     assert _database_and_index(database, None, with_database, None, data)[1] == str(tmp_path / "idx")
     assert _database_and_index(database, None, None, None, data)[1] is None

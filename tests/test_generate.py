@@ -222,6 +222,8 @@ def test_generates_split_filtered_rows_that_rqa_reads(generated):
 
     summary = json.loads((out / "generation.json").read_text())
     assert summary["generator"]["name"] == "canned" and summary["rows"] == {"train": 16, "eval": 4, "test": 4}
+    providers = {c["name"]: c for c in summary["resolved_components"]}  # which plugin and version made the rows
+    assert providers["canned"]["version"] and providers["dense-faiss"]["package"] == "rqa" and summary["rqa_version"]
     assert "{passage}" in summary["prompts"]["question"]["text"] and summary["prompts"]["answer"]["source"] == "default"
     assert summary["settings"]["filters"] == ["short,boilerplate", "roundtrip"]
     removed = {reason: info["removed"] for reason, info in summary["filters"].items()}

@@ -60,6 +60,7 @@ def test_the_judge_grades_every_row_through_rqa_serve(tmp_path, monkeypatch):
         *("--data", str(data / "qa.jsonl"), "--documents", str(data / "documents.jsonl")),
         *("--index", str(data / "index"), "--max_new_tokens", str(MAX_NEW_TOKENS), "--limit", "1", "--top_k", "1"),
         *("--generator", backend, "--judge", backend, "--metrics", "all", "--output_dir", str(tmp_path)),
+        *("--judge_max_new_tokens", "3"),
     ]
     result = CliRunner().invoke(cli, args)
 
@@ -67,6 +68,7 @@ def test_the_judge_grades_every_row_through_rqa_serve(tmp_path, monkeypatch):
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert all(set(row["judge"]) == {"grade", "reason", "reply"} for row in rows)
+    assert all(len(row["judge"]["reply"].split()) <= 3 for row in rows)  # --judge_max_new_tokens 3
     graded = [row["judge"]["grade"] for row in rows if row["judge"]["grade"] is not None]
     assert all(1 <= grade <= 5 for grade in graded)
     assert metrics["count/judge_unparsed"] == len(rows) - len(graded)  # counted and reported, never a crash

@@ -45,6 +45,14 @@ def test_test_and_eval_question_limits_on_a_cpu_run(tiny_model_dir: Path, tmp_pa
     assert [row["question"] for row in test_rows] == expected[:3]  # the first three, in file order
     assert len(read_jsonl(output / "eval" / "step-2-predictions.jsonl")) == 2
     assert json.loads((output / "rqa_args.json").read_text())["max_test_questions"] == 3
+    # the file round-trips through the run's record and names the plugin behind every component, with versions
+    from rqa import __version__
+    from rqa.runs import read_run
+
+    written = json.loads((output / "rqa_args.json").read_text())
+    assert read_run(output).to_json() == written and written["rqa_version"] == __version__
+    kinds = {source["kind"] for source in written["resolved_components"] if source["package"] and source["version"]}
+    assert kinds == {"formatters", "losses", "retrievers", "metrics"}
     # batches are pinned only where an accelerator takes them: PyTorch's DataLoader has nothing to warn about
     from rqa.config import _has_accelerator
 

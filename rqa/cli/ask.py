@@ -39,26 +39,16 @@ def _assistant_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def _load(kwargs: dict[str, Any], console: Any) -> Any:
+def _load(kwargs: dict[str, Any], console: Any) -> tuple[Any, Any]:
+    """The settings (command line over the run's record) and the assistant assembled from them."""
+    from rqa.assembly import option_overrides
     from rqa.assistant import Assistant, resolve_settings
     from rqa.display import setup_logging
 
     setup_logging(console)
-    settings = resolve_settings(
-        kwargs["model"],
-        documents=kwargs["documents"],
-        index=kwargs["index"],
-        formatter=kwargs["formatter"],
-        formatter_options=kwargs["formatter_option"],
-        retriever=kwargs["retriever"],
-        retriever_options=kwargs["retriever_option"],
-        embedding_model=kwargs["embedding_model"],
-        top_k=kwargs["top_k"],
-        max_new_tokens=kwargs["max_new_tokens"],
-        max_seq_length=kwargs["max_seq_length"],
-        generator=kwargs.get("generator"),
-    )
-    return Assistant.load(settings)
+    # serve's --batch_size batches requests: not the batch a run's evaluations generated in
+    settings = resolve_settings(kwargs["model"], **option_overrides(kwargs, leave_out=("batch_size",)))
+    return settings, Assistant.load(settings)
 
 
 def _print_prompt(console: Any, assistant: Any, reply: Any) -> None:
@@ -100,7 +90,7 @@ def ask(question: str, as_json: bool, **kwargs: Any) -> None:
     if not question.strip():
         raise RqaError("the question is empty")
     console = Console(stderr=True) if as_json else make_console()  # --json keeps stdout for the JSON alone
-    assistant = _load(kwargs, console)
+    _, assistant = _load(kwargs, console)
     reply = assistant.reply(question)
     if kwargs["show_prompt"]:
         _print_prompt(console, assistant, reply)
@@ -120,7 +110,7 @@ def chat(**kwargs: Any) -> None:
     from rqa.display import make_console
 
     console = make_console()
-    conversation = Conversation(_load(kwargs, console))
+    conversation = Conversation(_load(kwargs, console)[1])
     console.print("Ask a question; /reset forgets the conversation, /quit ends it.", style="dim")
     stdin = click.get_text_stream("stdin")
     while True:

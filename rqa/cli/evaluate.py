@@ -15,8 +15,8 @@ import click
 from rqa.cli.options import option
 
 if TYPE_CHECKING:
-    from rqa.runs import SavedRun
-    from rqa.schema import Document, Example
+    from rqa.runs import RunRecord
+    from rqa.schema import Example
 
 log = logging.getLogger("rqa")
 
@@ -66,88 +66,69 @@ def _from_run(name: str, default: str, help: str, **kwargs: Any) -> Any:
     help="Generator backend for the judge metric, e.g. openai:base_url=...,model=...; with it (or RQA_JUDGE) "
     "--metrics all includes judge.",
 )
+@option(
+    "--judge_max_new_tokens",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Longest judge reply, in tokens (its grade and reason).",
+)
 @option("--output_dir", required=True, help="Where predictions.jsonl and metrics.json go.")
 def evaluate(**kwargs: Any) -> None:
     """Retrieve from the whole database, generate, score, and write predictions and metrics."""
-    from rqa.backends import is_local, remote_generator
+    from rqa.assembly import build_generation, build_retriever, option_overrides, resolve_settings
+    from rqa.backends import is_local
     from rqa.display import make_console, print_scores, setup_logging
-    from rqa.errors import RqaError
-    from rqa.pipeline import build_retriever, choose, choose_all, metric_names
-    from rqa.runs import SavedRun, component, read_run, setting
+    from rqa.pipeline import check_all, metric_names
     from rqa.schema import read_examples
 
     console = make_console()
     setup_logging(console)
-    run = read_run(kwargs["model"])
-    saved = run or SavedRun(Path(kwargs["model"] or "."))  # nothing recorded: every setting falls to the default
-    formatter_spec, formatter_options = component(kwargs["formatter"], saved.formatter, "auto")
-    retriever_spec, retriever_options = component(kwargs["retriever"], saved.retriever, "dense-faiss")
-    embedding_model = kwargs["embedding_model"] or saved.embedding_model
-    top_k = setting(kwargs["top_k"], saved.top_k, 4)
-    requested_metrics = (
-        ["retrieval"] if kwargs["retrieval_only"] else setting(kwargs["metrics"] or None, saved.metrics, ["all"])
-    )
-    documents = kwargs["documents"] or saved.database()
+    settings = resolve_settings(kwargs["model"], **option_overrides(kwargs))
+    requested_metrics = ["retrieval"] if kwargs["retrieval_only"] else settings.metrics
     checks = {
         "examples": lambda: read_examples(kwargs["data"]),
-        "retriever": lambda: choose("retrievers", retriever_spec, kwargs["retriever_option"], **retriever_options),
+        **settings.checks("retriever"),
         "metrics": lambda: metric_names(requested_metrics),
     }
-    local = is_local(kwargs["generator"])
-    if not kwargs["retrieval_only"] and local:
-        checks["formatter"] = lambda: choose(
-            "formatters", formatter_spec, kwargs["formatter_option"], **formatter_options
-        )
+    local = is_local(settings.generator)
     if not kwargs["retrieval_only"]:
-        checks["generator"] = lambda: remote_generator(kwargs["generator"])
+        checks.update(settings.checks("formatter", "generator") if local else settings.checks("generator"))
         checks["metrics"] = lambda: _with_judge(metric_names(requested_metrics), requested_metrics, kwargs["judge"])
-    if documents is None and run is not None:
+    run = settings.run
+    if settings.documents is None and run is not None:
         checks["run_passages"] = lambda: _passages_of(run)
-    chosen, problems = choose_all(checks)
-    if problems:
-        raise RqaError("the configuration has problems:\n  - " + "\n  - ".join(problems))
+    chosen = check_all(checks)
     examples = chosen["examples"][: kwargs["limit"]] if kwargs["limit"] else chosen["examples"]
-    database, index = _database_and_index(documents, kwargs["index"], run, chosen.get("run_passages"), examples)
-    retriever = build_retriever(chosen["retriever"], database, index, embedding_model=embedding_model)
+    retriever = build_retriever(settings, chosen["retriever"], examples, chosen.get("run_passages"))
 
     from rqa.evaluation import E2EEvaluator, evaluate_retrieval_only
     from rqa.pipeline import metric_factories
 
-    metrics = metric_factories(chosen["metrics"], top_k)
+    metrics = metric_factories(chosen["metrics"], settings.top_k)
     if "judge" in metrics:
-        metrics["judge"] = _judge_factory(kwargs["judge"], top_k)
+        metrics["judge"] = _judge_factory(kwargs["judge"], kwargs["judge_max_new_tokens"], settings.top_k)
     output_dir = Path(kwargs["output_dir"])
     if kwargs["retrieval_only"]:
-        scores = evaluate_retrieval_only(examples, retriever, metrics, top_k, output_dir)
+        scores = evaluate_retrieval_only(examples, retriever, metrics, settings.top_k, output_dir)
     else:
-        settings = {
-            "retriever": retriever,
-            "metrics": metrics,
-            "top_k": top_k,
-            "max_new_tokens": setting(kwargs["max_new_tokens"], saved.max_new_tokens, 128),
-            "batch_size": setting(kwargs["batch_size"], saved.eval_batch_size, 32),
-            "output_dir": output_dir,
-        }
-        if not local:
+        generation = build_generation(settings, chosen["generator"], chosen.get("formatter"))
+        evaluator = E2EEvaluator(
+            examples,
+            encoder=generation.encoder,  # type: ignore[arg-type]  # None: the backend renders its own prompts
+            retriever=retriever,
+            metrics=metrics,
+            top_k=settings.top_k,
+            max_new_tokens=settings.max_new_tokens,
+            batch_size=settings.batch_size,
+            output_dir=output_dir,
+        )
+        if generation.backend is not None:
             from rqa.backends import evaluate_with_generator
 
-            generator = chosen["generator"].build()
-            # the backend renders its own prompts: no encoder
-            evaluator = E2EEvaluator(examples, encoder=None, **settings)  # type: ignore[arg-type]
-            scores = evaluate_with_generator(evaluator, generator)
+            scores = evaluate_with_generator(evaluator, generation.backend)
         else:
-            from rqa.data import ExampleEncoder
-            from rqa.models import load_generator, load_tokenizer, resolve_generator
-
-            model_path = resolve_generator(kwargs["model"])
-            tokenizer = load_tokenizer(model_path)
-            formatter = chosen["formatter"].build(tokenizer=tokenizer)
-            encoder = ExampleEncoder(
-                tokenizer, formatter, max_seq_length=setting(kwargs["max_seq_length"], saved.max_seq_length, 2048)
-            )
-            flash = setting(kwargs["use_flash_attention"], saved.use_flash_attention, False)
-            model = load_generator(model_path, use_flash_attention=flash, log=log.warning)
-            scores = E2EEvaluator(examples, encoder=encoder, **settings).evaluate_model(model, name="")
+            scores = evaluator.evaluate_model(generation.model, name="")
     print_scores(console, scores, "evaluation")
     console.print(f"[bold green]Done.[/] Predictions and metrics in {output_dir}")
 
@@ -168,44 +149,20 @@ def _with_judge(names: list[str], requested: list[str], judge: str | None) -> li
     return names
 
 
-def _judge_factory(judge: str | None, top_k: int) -> Any:
+def _judge_factory(judge: str | None, max_new_tokens: int, top_k: int) -> Any:
     from functools import partial
 
     from rqa.builtin.judge import configured_judge
     from rqa.plugins import get_plugins
 
-    return partial(get_plugins()["metrics"].build, "judge", {"generator": configured_judge(judge)}, top_k=top_k)
+    options = {"generator": configured_judge(judge), "max_new_tokens": max_new_tokens}
+    return partial(get_plugins()["metrics"].build, "judge", options, top_k=top_k)
 
 
-def _passages_of(run: SavedRun) -> list[Example] | None:
+def _passages_of(run: RunRecord) -> list[Example] | None:
     """The examples of a run's QA files, whose passages were its database when it was given none; None if moved."""
     from rqa.schema import read_examples
 
     if not run.qa_files or not all(Path(path).is_file() for path in run.qa_files):
         return None
     return [example for path in run.qa_files for example in read_examples(path)]
-
-
-def _database_and_index(
-    documents: str | None,
-    index: str | None,
-    run: SavedRun | None,
-    run_examples: list[Example] | None,
-    examples: list[Example],
-) -> tuple[list[Document], str | None]:
-    """The documents to retrieve from and their index directory.
-
-    A run given no database retrieved from the passages of its QA files: the same passages reuse its index.
-    When those files have moved, the passages of ``--data`` are indexed apart (in memory unless ``--index``),
-    never over the run's index.
-    """
-    from rqa.pipeline import load_database
-
-    if documents is None and run_examples is not None:
-        log.info("the run had no document database: retrieving from the passages of its QA files, as it did")
-        database = load_database(None, run_examples)
-    else:
-        database = load_database(documents, examples)
-    if index is None and run is not None and (documents is not None or run_examples is not None):
-        index = run.index_for(documents)
-    return database, index

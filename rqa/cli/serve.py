@@ -47,16 +47,15 @@ def serve(**kwargs: Any) -> None:
         if not api_key:
             raise RqaError(f"the environment variable {kwargs['api_key_env']} (--api_key_env) is not set")
     console = make_console()
-    assistant = _load(kwargs, console)
+    settings, assistant = _load(kwargs, console)
 
     import uvicorn
 
-    from rqa.runs import read_run
     from rqa.serve.app import create_app
     from rqa.serve.engine import BatchingEngine
     from rqa.serve.feedback import FeedbackLog
 
-    run = read_run(kwargs["model"])
+    run = settings.run
     name = kwargs["model_name"] or (Path(kwargs["model"]).resolve().name if kwargs["model"] else "rqa-embedded")
     feedback = Path(kwargs["feedback"] or (run.directory / "feedback.jsonl" if run else "feedback.jsonl"))
     engine = BatchingEngine(

@@ -40,6 +40,7 @@ def run_generate(settings: GenerateSettings, console: Any) -> dict[str, str]:
     """Generate (or finish generating) the data set; returns the files written, by name."""
     from rqa.backends import choose_generator
     from rqa.pipeline import build_retriever, choose
+    from rqa.provenance import plugin_versions
     from rqa.schema import fingerprint_documents, read_documents
 
     settings.check()
@@ -121,6 +122,7 @@ def run_generate(settings: GenerateSettings, console: Any) -> dict[str, str]:
         },
         "passages_used": sum(1 for record in records if record["rows"]),
         "work_log": str(output_dir / "generation-log.jsonl"),
+        **plugin_versions([generator_choice, retriever_choice]),
     }
     data = summary(state, passage_filters, files, extra)
     files["summary"] = str(write_summary(output_dir, data))

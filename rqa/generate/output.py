@@ -17,7 +17,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
-from rqa import __version__
 from rqa.files import write_json_atomic, write_text_atomic
 from rqa.generate.filters import REASONS
 from rqa.generate.plan import SPLITS
@@ -110,7 +109,6 @@ def summary(
         "generation_seconds": round(state.seconds, 2),
         "rows_per_minute": round(rows / minutes, 2) if minutes > 0 else None,
         "files": files,
-        "rqa_version": __version__,
     }
 
 
