@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import click
@@ -41,3 +42,40 @@ class LazyGroup(click.Group):
         rows = [(name, help_text) for name, (_, help_text) in sorted(self.lazy_commands.items())]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+
+# the training commands hand every flag to Hugging Face's HfArgumentParser, help included
+TRAINING_COMMAND = {
+    "context_settings": {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+    "add_help_option": False,
+}
+
+
+def wants_help(argv: Sequence[str], make_parser: Callable[[], Any]) -> bool:
+    """Print the argument parser's help when ``-h``/``--help`` is among ``argv``; whether it was."""
+    if "-h" in argv or "--help" in argv:
+        click.echo(make_parser().format_help())
+        return True
+    return False
+
+
+def job_console() -> Any:
+    """rich's console for a long job, with rqa's log lines going through it."""
+    from rqa.display import make_console, setup_logging
+
+    console = make_console()
+    setup_logging(console)
+    return console
+
+
+def print_results(results: Mapping[str, Any], what: Mapping[str, str], first: Sequence[str] = ()) -> None:
+    """The closing list of a job's results: each path and what it holds, ``first`` on top. Plain lines, so that
+    paths are never wrapped or styled. Nothing on processes other than the main one (their ``results`` are empty).
+    """
+    if not results:
+        return
+    click.echo(click.style("Done.", fg="green", bold=True) + " Results:")
+    order = {label: rank for rank, label in enumerate(first)}
+    width = max(len(str(path)) for path in results.values())
+    for label, path in sorted(results.items(), key=lambda item: order.get(item[0], len(order))):
+        click.echo(f"  {label:<17} {path!s:<{width}}  {what.get(label, '')}".rstrip())

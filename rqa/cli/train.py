@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from rqa.cli.options import TRAINING_COMMAND, job_console, print_results, wants_help
+
 # the closing list of results: what to open first on top, each with what it holds
 OPEN_FIRST = ("report", "test_predictions", "eval", "test_metrics", "model", "trainer_state")
 WHAT = {
@@ -16,11 +18,7 @@ WHAT = {
 }
 
 
-@click.command(
-    "train",
-    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
-    add_help_option=False,
-)
+@click.command("train", **TRAINING_COMMAND)
 @click.pass_context
 def train(ctx: click.Context) -> None:
     """Fine-tune a generator on gold passages (SFT), evaluating end to end while it trains.
@@ -31,20 +29,8 @@ def train(ctx: click.Context) -> None:
     argv = list(ctx.args)
     from rqa.config import make_parser, parse_train_args
 
-    if "-h" in argv or "--help" in argv:
-        click.echo(make_parser().format_help())
+    if wants_help(argv, make_parser):
         return
-    from rqa.display import make_console, setup_logging
     from rqa.training import run_training
 
-    console = make_console()
-    setup_logging(console)
-    args = parse_train_args(argv)
-    results = run_training(args, console)
-    if results:
-        console.print("[bold green]Done.[/] Results:")
-        order = {label: rank for rank, label in enumerate(OPEN_FIRST)}
-        width = max(len(str(path)) for path in results.values())
-        for label, path in sorted(results.items(), key=lambda item: order.get(item[0], len(order))):
-            # plain lines: paths must not be wrapped or styled
-            click.echo(f"  {label:<17} {path!s:<{width}}  {WHAT.get(label, '')}".rstrip())
+    print_results(run_training(parse_train_args(argv), job_console()), WHAT, OPEN_FIRST)

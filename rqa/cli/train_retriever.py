@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import click
 
+from rqa.cli.options import TRAINING_COMMAND, job_console, print_results, wants_help
+
 WHAT = {
     "model": "the fine-tuned sentence-transformers model: pass this folder as --embedding_model",
     "eval": "step-N-predictions.jsonl and step-N-metrics.json per evaluation (step 0: the base model)",
@@ -15,11 +17,7 @@ WHAT = {
 }
 
 
-@click.command(
-    "train-retriever",
-    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
-    add_help_option=False,
-)
+@click.command("train-retriever", **TRAINING_COMMAND)
 @click.pass_context
 def train_retriever(ctx: click.Context) -> None:
     """Fine-tune the embedding model contrastively on the QA files, evaluating retrieval over the whole database.
@@ -30,19 +28,8 @@ def train_retriever(ctx: click.Context) -> None:
     argv = list(ctx.args)
     from rqa.retriever_config import make_parser, parse_retriever_args
 
-    if "-h" in argv or "--help" in argv:
-        click.echo(make_parser().format_help())
+    if wants_help(argv, make_parser):
         return
-    from rqa.display import make_console, setup_logging
     from rqa.retriever_training import run_retriever_training
 
-    console = make_console()
-    setup_logging(console)
-    args = parse_retriever_args(argv)
-    results = run_retriever_training(args, console)
-    if not results:
-        return  # another process than the main one: the main one reports
-    click.echo("Done. Results:")
-    width = max(len(str(path)) for path in results.values())
-    for label, path in results.items():
-        click.echo(f"  {label:<17} {path!s:<{width}}  {WHAT.get(label, '')}".rstrip())
+    print_results(run_retriever_training(parse_retriever_args(argv), job_console()), WHAT)
