@@ -188,7 +188,6 @@ def generate_answers(
                 began = time.perf_counter()
                 if feed is not None:
                     feed.batch = batch
-                    feed.begin(range(len(batch)), input_ids.shape[1])
                 if assemble:
                     cache = prefilled_cache(model, rows, max_new_tokens, checkpoint, synced)
                     new_ids = decode_dropping_finished_rows(
@@ -204,6 +203,8 @@ def generate_answers(
                         feed=feed,
                     )
                 else:
+                    if feed is not None:  # one generate call: its rows are the batch's, new tokens after the prompt
+                        feed.begin(range(len(batch)), input_ids.shape[1])
                     output = model.generate(
                         input_ids=input_ids.to(device),
                         attention_mask=attention.to(device),

@@ -74,10 +74,12 @@ def sources_of(choices: Iterable[ComponentChoice | None]) -> tuple[ComponentSour
     return tuple(source_of(choice) for choice in choices if choice is not None)
 
 
-def plugin_versions(choices: Iterable[ComponentChoice | None]) -> dict[str, Any]:
-    """``{"rqa_version": ..., "resolved_components": [...]}`` for the chosen components.
+def provenance_json(version: str, sources: Iterable[ComponentSource]) -> dict[str, Any]:
+    """``{"rqa_version": ..., "resolved_components": [...]}``: the keys every file that records a run carries."""
+    return {RQA_VERSION_KEY: version, COMPONENTS_KEY: [source.to_json() for source in sources]}
 
-    What every file that records a run carries: ``rqa_args.json`` through ``rqa.runs.RunRecord``, and any other
-    writer (``generation.json``) by adding this mapping to its own.
-    """
-    return {RQA_VERSION_KEY: rqa_version(), COMPONENTS_KEY: [source.to_json() for source in sources_of(choices)]}
+
+def plugin_versions(choices: Iterable[ComponentChoice | None]) -> dict[str, Any]:
+    """``provenance_json`` of this rqa and the chosen components: ``rqa_args.json`` has it through
+    ``rqa.runs.RunRecord``, any other writer (``generation.json``) adds this mapping to its own."""
+    return provenance_json(rqa_version(), sources_of(choices))

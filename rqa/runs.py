@@ -19,7 +19,14 @@ from typing import Any, TypeVar
 
 from rqa.errors import RqaError
 from rqa.pipeline import ComponentChoice
-from rqa.provenance import COMPONENTS_KEY, RQA_VERSION_KEY, ComponentSource, rqa_version, sources_of
+from rqa.provenance import (
+    COMPONENTS_KEY,
+    RQA_VERSION_KEY,
+    ComponentSource,
+    provenance_json,
+    rqa_version,
+    sources_of,
+)
 
 RUN_ARGS = "rqa_args.json"
 T = TypeVar("T")
@@ -114,8 +121,7 @@ class RunRecord:
         if self.metrics is not None:
             data["resolved_metrics"] = list(self.metrics)
         if self.rqa_version is not None:
-            data[RQA_VERSION_KEY] = self.rqa_version
-            data[COMPONENTS_KEY] = [source.to_json() for source in self.sources]
+            data.update(provenance_json(self.rqa_version, self.sources))
         return data
 
     def write(self) -> Path:
