@@ -11,6 +11,11 @@ Speed: training samples/s of `rqa train-retriever` vs that plain script on the s
 
     .venv/bin/python benchmarks/bench_retriever.py                       # base, plain, rqa defaults, speed
     .venv/bin/python benchmarks/bench_retriever.py --variants base rqa replug
+    .venv/bin/python benchmarks/bench_retriever.py --variants answers    # after `rqa`: does retrieval lift answers?
+
+Answers: one epoch of gold-passage SFT (bench_quality's settings), its test set answered end to end once with the
+base MiniLM and once with the retriever the `rqa` variant trained; `answers-raft` adds SFT whose RAFT contexts come
+from the trained retriever (so the generator learns to read what that retriever returns).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench_quality import train_flags
 from common import (
     CACHE_DIR,
     DATA_DIR,
@@ -39,7 +45,15 @@ from common import (
 
 RQA = str(Path(sys.executable).parent / "rqa")
 KEYS = ("retr/recall@1", "retr/recall@4", "retr/ndcg@4", "retr/mrr")
-VARIANTS = ("base", "plain", "rqa", "replug", "speed")
+VARIANTS = ("base", "plain", "rqa", "replug", "speed", "answers", "answers-raft")
+ANSWER_KEYS = (
+    "retr/recall@4",
+    "gen/f1",
+    "gen/rougeL",
+    "gen/f1_retrieved",
+    "gen/f1|retrieval_hit",
+    "gen/f1|retrieval_miss",
+)
 DOCUMENTS = str(DATA_DIR / "documents.pkl")
 PLAIN = {"batch": 32, "learning_rate": 3e-5, "epochs": 3}
 # one epoch of 8-question batches: each step scores 8 x 4 passages with the generator (the costly part on a CPU)
@@ -104,6 +118,54 @@ def train_retriever(output: Path, extra: list[str]) -> tuple[dict[str, float], d
     return json.loads((output / "test-metrics.json").read_text()), summary, timer.seconds
 
 
+def answer_rows(work: Path, variants: list[str]) -> list[list[str]]:
+    """Generator SFT answering the Faire test set with the base retriever and with the one ``rqa`` trained."""
+    trained = work / "rqa"
+    if not (trained / "modules.json").exists():
+        raise SystemExit(f"{trained} holds no trained retriever: run --variants rqa first")
+    test_data = str(DATA_DIR / "test_w_qa.jsonl")
+    rows = []
+    sft = work / "answers-sft"
+    run_cli(train_flags(sft, CACHE_DIR / "faire-index", 1e-4, 1024, []))
+    rows.append(["gold SFT", "base MiniLM", *answer_cells(json.loads((sft / "test-metrics.json").read_text()))])
+    with_trained = work / "answers-sft-trained"
+    run_cli([RQA, "evaluate", "--model", str(sft), "--data", test_data, "--documents", DOCUMENTS,
+             "--index", str(work / "answers-trained-index"), "--embedding_model", str(trained),
+             "--output_dir", str(with_trained)])  # fmt: skip
+    rows.append(
+        ["gold SFT", "trained (`rqa` variant)", *answer_cells(json.loads((with_trained / "metrics.json").read_text()))]
+    )
+    if "answers-raft" in variants:
+        raft = work / "answers-raft"
+        extra = ["--train_context", "raft", "--raft_source", "retriever", "--eval_embedding_model", str(trained)]
+        run_cli(train_flags(raft, work / "answers-trained-index", 1e-4, 1024, extra))
+        scores = json.loads((raft / "test-metrics.json").read_text())
+        rows.append(["RAFT SFT, contexts from the trained retriever", "trained (`rqa` variant)", *answer_cells(scores)])
+    return rows
+
+
+def answers_section(load_before: str, columns: list[str], rows: list[list[str]]) -> str:
+    notes = (
+        "Generator: the embedded SmolLM2-135M-Instruct after one epoch of `rqa train` (bench_quality's settings: "
+        "batch 4, learning rate 1e-4, max length 1024); top 4 of the 1758-passage database; 128 new tokens; 75 test "
+        "questions, 95 % bootstrap intervals in brackets. `gen/f1_retrieved`: token F1 of the answer against the "
+        "best-matching retrieved passage (how much it reads them); `gen/f1|retrieval_hit` / `…_miss`: F1 on the "
+        "questions whose gold passage was / was not retrieved."
+    )
+    title = "## Does a trained retriever lift answers? (Faire test set, end to end)"
+    return "\n\n".join([title, section_preamble(load_before), markdown_table(columns, rows), notes])
+
+
+def run_cli(command: list[str]) -> None:
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command[:2])} failed:\n{done.stderr[-3000:]}")
+
+
+def answer_cells(scores: dict[str, float]) -> list[str]:
+    return [cell(scores, key) for key in ANSWER_KEYS]
+
+
 def cell(scores: dict[str, float], key: str) -> str:
     low, high = scores.get(f"ci95_low/{key}"), scores.get(f"ci95_high/{key}")
     value = f"{scores[key]:.3f}"
@@ -146,7 +208,7 @@ def main(argv: list[str]) -> int:
         quality["`rqa train-retriever " + " ".join(REPLUG_FLAGS) + "`"] = (scores, f"{seconds:.0f}")
     if "speed" in args.variants:
         wait_for_quiet()
-        same = ["--hard_neg_ratio", "0", "--per_device_train_batch_size", "32", "--learning_rate", "3e-5",
+        same = ["--hard_neg_ratio", "0", "--mine_hard_negatives", "0", "--per_device_train_batch_size", "32", "--learning_rate", "3e-5",
                 "--num_train_epochs", str(args.epochs), "--eval_strategy", "no", "--eval_on_start", "false",
                 "--warmup_steps", "0", "--temperature", "0.05"]  # fmt: skip
         _, summary, _ = train_retriever(work / "speed", same)
@@ -171,8 +233,16 @@ def main(argv: list[str]) -> int:
             "\nTraining speed, same data, batch 32, loss and epochs, no evaluation:\n\n"
             + markdown_table(["", "samples/s", "vs plain"], speed_rows)
         )
-    if not args.no_write:
+    if rows and not args.no_write:
         write_section("bench_retriever", "\n".join(body))
+    if {"answers", "answers-raft"} & set(args.variants):
+        wait_for_quiet()
+        load_before = load_average()
+        answers = answer_rows(work, args.variants)
+        columns = ["generator", "retriever", *ANSWER_KEYS]
+        print_table("Faire test answers", columns, answers)
+        if not args.no_write:
+            write_section("bench_retriever:answers", answers_section(load_before, columns, answers))
     return 0
 
 

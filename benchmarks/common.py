@@ -37,6 +37,7 @@ SECTION_ORDER = (
     "bench_eval",
     "bench_quality",
     "bench_retriever",
+    "bench_retriever:answers",
     "bench_serve",
     "bench_generate",
 )

@@ -86,7 +86,7 @@ class RqaRetrieverTrainingArguments(SentenceTransformerTrainingArguments):
     )
     # --- rqa's own ---
     mine_hard_negatives: int = field(
-        default=0,
+        default=4,
         metadata={
             "help": "Also take each question's top K passages from the base model's index that are not gold (nor a "
             "copy of a gold passage) as hard negatives. 0: only the records' hard_neg_docs."
@@ -104,7 +104,8 @@ class RqaRetrieverTrainingArguments(SentenceTransformerTrainingArguments):
     output_dir: str | None = field(
         default="runs/retriever", metadata={"help": "Where the sentence-transformers model and results go."}
     )
-    learning_rate: float = field(default=3e-5, metadata={"help": "Peak learning rate."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate."})
+    num_train_epochs: float = field(default=2.0, metadata={"help": "Passes over the training questions."})
     per_device_train_batch_size: int = field(
         default=32, metadata={"help": "Questions per batch: each is a negative for the others."}
     )
