@@ -208,9 +208,9 @@ def main(argv: list[str]) -> int:
         quality["`rqa train-retriever " + " ".join(REPLUG_FLAGS) + "`"] = (scores, f"{seconds:.0f}")
     if "speed" in args.variants:
         wait_for_quiet()
-        same = ["--hard_neg_ratio", "0", "--mine_hard_negatives", "0", "--per_device_train_batch_size", "32", "--learning_rate", "3e-5",
-                "--num_train_epochs", str(args.epochs), "--eval_strategy", "no", "--eval_on_start", "false",
-                "--warmup_steps", "0", "--temperature", "0.05"]  # fmt: skip
+        same = ["--hard_neg_ratio", "0", "--mine_hard_negatives", "0", "--per_device_train_batch_size", "32",
+                "--learning_rate", "3e-5", "--num_train_epochs", str(args.epochs), "--eval_strategy", "no",
+                "--eval_on_start", "false", "--warmup_steps", "0", "--temperature", "0.05"]  # fmt: skip
         _, summary, _ = train_retriever(work / "speed", same)
         speed["rqa train-retriever"] = summary["train_samples_per_second"]
 
