@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench_quality import run as run_cli
 from bench_quality import train_flags
 from common import (
     CACHE_DIR,
@@ -154,12 +155,6 @@ def answers_section(load_before: str, columns: list[str], rows: list[list[str]])
     )
     title = "## Does a trained retriever lift answers? (Faire test set, end to end)"
     return "\n\n".join([title, section_preamble(load_before), markdown_table(columns, rows), notes])
-
-
-def run_cli(command: list[str]) -> None:
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(command[:2])} failed:\n{done.stderr[-3000:]}")
 
 
 def answer_cells(scores: dict[str, float]) -> list[str]:
