@@ -7,6 +7,10 @@ identical; every mismatch is listed.
 
     .venv/bin/python benchmarks/bench_eval.py                     # 73 questions, batches of 16 and 32
     .venv/bin/python benchmarks/bench_eval.py --questions 24
+    .venv/bin/python benchmarks/bench_eval.py --batch_size 16 --lookup 4 10   # the loop with prompt lookup too
+
+``--lookup K``: the loop again with transformers' prompt-lookup decoding (K tokens drafted from the prompt and
+verified in one forward pass), its answers compared with the plain loop's and its tokens per forward pass counted.
 """
 
 from __future__ import annotations
@@ -37,16 +41,29 @@ INDEX_DIR = CACHE_DIR / "index-dense-faiss"
 
 
 def per_question_loop(
-    model: Any, encoder: Any, retriever: Any, examples: list[Any], top_k: int, max_new_tokens: int
+    model: Any,
+    encoder: Any,
+    retriever: Any,
+    examples: list[Any],
+    top_k: int,
+    max_new_tokens: int,
+    lookup: int | None = None,
 ) -> dict[str, Any]:
-    """The hand-written baseline: one retrieval, one unpadded ``generate`` call per question."""
+    """The hand-written baseline: one retrieval, one unpadded ``generate`` call per question.
+
+    ``lookup``: transformers' prompt-lookup decoding with that many drafted tokens; the forward passes are counted,
+    so ``tokens_per_forward`` says how many tokens each pass gave (1.0 without drafting)."""
     import torch
 
     from rqa.generation import answer_text, greedy_settings
 
     tokenizer, end_of_turn = encoder.tokenizer, encoder.formatter.end_of_turn
     settings = greedy_settings(tokenizer, end_of_turn, max_new_tokens)
+    if lookup:
+        settings["prompt_lookup_num_tokens"] = lookup
     answers, retrieved, retrieval_s, generation_s = [], [], 0.0, 0.0
+    forwards, new_tokens = [0], 0
+    counter = model.register_forward_pre_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
     model.eval()
     for example in examples:
         with Timer() as timer:
@@ -62,8 +79,16 @@ def per_question_loop(
                 )
             answers.append(answer_text(tokenizer, output[0, len(ids) :], end_of_turn))
         generation_s += timer.seconds
+        new_tokens += output.shape[1] - len(ids)
         retrieved.append([doc.page_content for doc, _ in hits])
-    return {"answers": answers, "retrieved": retrieved, "retrieval_s": retrieval_s, "generation_s": generation_s}
+    counter.remove()
+    return {
+        "answers": answers,
+        "retrieved": retrieved,
+        "retrieval_s": retrieval_s,
+        "generation_s": generation_s,
+        "tokens_per_forward": new_tokens / max(forwards[0], 1),
+    }
 
 
 def rqa_evaluator(
@@ -113,6 +138,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument(
         "--batch_size", type=int, nargs="+", default=[16, 32], help="rqa's generation batch sizes to measure"
     )
+    parser.add_argument(
+        "--lookup", type=int, nargs="*", default=[], help="also the loop with prompt-lookup decoding, K drafted tokens"
+    )
     parser.add_argument("--max_new_tokens", type=int, default=128)
     parser.add_argument("--top_k", type=int, default=4)
     parser.add_argument("--max_seq_length", type=int, default=2048, help="prompt budget (rqa train's default)")
@@ -149,6 +177,15 @@ def main(argv: list[str]) -> None:
         loop = per_question_loop(model, encoder, retriever, examples, args.top_k, args.max_new_tokens)
     load_after_loop = os.getloadavg()[0]
     print(f"  {loop_timer.seconds:.1f} s (load {load_after_loop:.2f})", flush=True)
+    lookups = []
+    for drafted in args.lookup:
+        wait_for_quiet()
+        print(f"per-question loop, prompt lookup {drafted} ...", flush=True)
+        with Timer() as timer:
+            looked = per_question_loop(model, encoder, retriever, examples, args.top_k, args.max_new_tokens, drafted)
+        looked.update(seconds=timer.seconds, load=os.getloadavg()[0])
+        print(f"  {timer.seconds:.1f} s, {looked['tokens_per_forward']:.2f} tokens per forward", flush=True)
+        lookups.append((drafted, looked))
     scoring_s = scoring_seconds(runs[0][1]["rows"], args.top_k)
 
     columns = ["path", "total s", "retrieval s", "generation + rest s", "speed-up", "same answers", "load at end"]
@@ -182,12 +219,26 @@ def main(argv: list[str]) -> None:
             f"{load_after_loop:.2f}",
         ]
     )
+    for drafted, looked in lookups:
+        same = sum(a == b for a, b in zip(looked["answers"], loop["answers"], strict=True))
+        rows.append(
+            [
+                f"per-question loop, prompt lookup {drafted} ({looked['tokens_per_forward']:.2f} tokens/forward)",
+                f"{looked['seconds']:.1f}",
+                f"{looked['retrieval_s']:.2f}",
+                f"{looked['seconds'] - looked['retrieval_s']:.1f}",
+                ratio(loop_timer.seconds, looked["seconds"]),
+                f"{same}/{len(examples)}",
+                f"{looked['load']:.2f}",
+            ]
+        )
     same_retrieval = min(
         sum(a == b for a, b in zip(batched["retrieved"], loop["retrieved"], strict=True)) for _, batched in runs
     )
     summary = [
         ["identical top-k passages (every batch size)", f"{same_retrieval}/{len(examples)}"],
         ["scoring with every metric (not in the totals)", f"{scoring_s:.2f} s"],
+        ["tokens per forward pass, plain loop (prefill included)", f"{loop['tokens_per_forward']:.2f}"],
     ]
     print_table(f"end-to-end evaluation, {len(examples)} Faire eval questions", columns, rows)
     print_table("comparison", ["", "value"], summary)

@@ -119,15 +119,20 @@ def train_retriever(output: Path, extra: list[str]) -> tuple[dict[str, float], d
     return json.loads((output / "test-metrics.json").read_text()), summary, timer.seconds
 
 
-def answer_rows(work: Path, variants: list[str]) -> list[list[str]]:
-    """Generator SFT answering the Faire test set with the base retriever and with the one ``rqa`` trained."""
+def answer_rows(work: Path, variants: list[str], reuse_generator: bool) -> list[list[str]]:
+    """Generator SFT answering the Faire test set with the base retriever and with the one ``rqa`` trained.
+
+    ``reuse_generator`` keeps an earlier run's gold SFT (it does not depend on the retriever), so a newly trained
+    retriever is compared in minutes instead of another SFT.
+    """
     trained = work / "rqa"
     if not (trained / "modules.json").exists():
         raise SystemExit(f"{trained} holds no trained retriever: run --variants rqa first")
     test_data = str(DATA_DIR / "test_w_qa.jsonl")
     rows = []
     sft = work / "answers-sft"
-    run_cli(train_flags(sft, CACHE_DIR / "faire-index", 1e-4, 1024, []))
+    if not (reuse_generator and (sft / "test-metrics.json").exists()):
+        run_cli(train_flags(sft, CACHE_DIR / "faire-index", 1e-4, 1024, []))
     rows.append(["gold SFT", "base MiniLM", *answer_cells(json.loads((sft / "test-metrics.json").read_text()))])
     with_trained = work / "answers-sft-trained"
     run_cli([RQA, "evaluate", "--model", str(sft), "--data", test_data, "--documents", DOCUMENTS,
@@ -172,6 +177,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["base", "plain", "rqa", "speed"])
     parser.add_argument("--epochs", type=float, default=PLAIN["epochs"], help="of the plain script and the speed runs")
     parser.add_argument("--no_write", action="store_true")
+    parser.add_argument("--reuse_generator", action="store_true", help="answers: keep an earlier run's gold SFT")
     parser.add_argument("--child_plain", help=argparse.SUPPRESS)
     parser.add_argument("--child_rows", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -233,7 +239,7 @@ def main(argv: list[str]) -> int:
     if {"answers", "answers-raft"} & set(args.variants):
         wait_for_quiet()
         load_before = load_average()
-        answers = answer_rows(work, args.variants)
+        answers = answer_rows(work, args.variants, args.reuse_generator)
         columns = ["generator", "retriever", *ANSWER_KEYS]
         print_table("Faire test answers", columns, answers)
         if not args.no_write:

@@ -181,9 +181,13 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
 
 
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
+    """A GitHub table; a ``|`` inside a cell (a metric name such as ``gen/f1|retrieval_hit``) is escaped."""
+
+    def line(cells: Sequence[Any]) -> str:
+        return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
+
+    lines = [line(columns), "|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|"]
+    return "\n".join(lines + [line(row) for row in rows])
 
 
 def environment_line() -> str:
