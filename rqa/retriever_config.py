@@ -92,6 +92,13 @@ class RqaRetrieverTrainingArguments(SentenceTransformerTrainingArguments):
             "copy of a gold passage) as hard negatives. 0: only the records' hard_neg_docs."
         },
     )
+    negatives_per_row: int = field(
+        default=1,
+        metadata={
+            "help": "Hard negatives each training row carries (drawn from its question's), beside the batch's other "
+            "passages. More give the loss more hard choices per step for more encoding per row."
+        },
+    )
     loss: str = field(default="contrastive", metadata={"help": "Retriever loss name (see `rqa list-plugins`)."})
     loss_option: list[str] = field(default_factory=list, metadata={"help": "Loss option KEY=VALUE."})
     top_k: int = field(default=4, metadata={"help": "Passages retrieved per question when evaluating."})
@@ -134,6 +141,8 @@ class RqaRetrieverTrainingArguments(SentenceTransformerTrainingArguments):
             raise ValueError(f"--temperature must be above 0, got {self.temperature}")
         if self.mine_hard_negatives < 0:
             raise ValueError(f"--mine_hard_negatives must be 0 or more, got {self.mine_hard_negatives}")
+        if self.negatives_per_row < 1:
+            raise ValueError(f"--negatives_per_row must be at least 1, got {self.negatives_per_row}")
         if self.top_k < 1:
             raise ValueError(f"--top_k must be at least 1, got {self.top_k}")
         self.metric_for_best_model = map_metric_name(self.metric_for_best_model)

@@ -103,35 +103,36 @@ def mine_hard_negatives(
 
 
 def training_rows(
-    examples: Sequence[Example], hard_neg_ratio: float, seed: int
-) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """(pairs, triplets): one row per gold passage, as LocalRQA flattens the data; ``hard_neg_ratio`` of the questions
-    (those with hard negatives, chosen at random) also carry one of their hard negatives, in the triplets."""
+    examples: Sequence[Example], hard_neg_ratio: float, seed: int, negatives_per_row: int = 1
+) -> dict[int, list[dict[str, str]]]:
+    """Training rows grouped by how many hard negatives they carry: one row per gold passage, as LocalRQA flattens
+    the data; ``hard_neg_ratio`` of the questions (those with hard negatives, chosen at random) carry up to
+    ``negatives_per_row`` of them, drawn at random, in columns ``negative`` (one) or ``negative_1``… (several), as
+    sentence-transformers' own hard-negative datasets name them."""
     check_hard_negatives(examples)
     rng = random.Random(seed)
     eligible = [i for i, e in enumerate(examples) if e.hard_neg_docs]
     wanted = min(len(eligible), round(hard_neg_ratio * len(examples)))
     chosen = set(rng.sample(eligible, wanted))
-    pairs: list[dict[str, str]] = []
-    triplets: list[dict[str, str]] = []
+    groups: dict[int, list[dict[str, str]]] = {}
     for index, example in enumerate(examples):
-        negative = rng.choice(example.hard_neg_docs).text if index in chosen else None
+        pool = example.hard_neg_docs if index in chosen else ()
+        negatives = [n.text for n in rng.sample(pool, min(negatives_per_row, len(pool)))]
+        names = ["negative"] if len(negatives) == 1 else [f"negative_{i}" for i in range(1, len(negatives) + 1)]
         for gold in example.gold_docs:
-            if negative is None:
-                pairs.append({"anchor": example.question, "positive": gold.text})
-            else:
-                triplets.append({"anchor": example.question, "positive": gold.text, "negative": negative})
-    return pairs, triplets
+            row = {"anchor": example.question, "positive": gold.text, **dict(zip(names, negatives, strict=True))}
+            groups.setdefault(len(negatives), []).append(row)
+    return dict(sorted(groups.items(), reverse=True))
 
 
-def training_dataset(pairs: list[dict[str, str]], triplets: list[dict[str, str]]) -> Any:
-    """One dataset, or two when only some rows have a hard negative: a column cannot be missing in some rows,
-    so sentence-transformers draws each batch from one of them (its multi-dataset sampler, proportionally)."""
+def training_dataset(groups: dict[int, list[dict[str, str]]]) -> Any:
+    """One dataset, or one per number of hard negatives: a column cannot be missing in some rows, so
+    sentence-transformers draws each batch from one of them (its multi-dataset sampler, proportionally)."""
     from datasets import Dataset, DatasetDict
 
     def table(rows: list[dict[str, str]]) -> Any:
         return Dataset.from_dict({key: [row[key] for row in rows] for key in rows[0]})
 
-    if pairs and triplets:
-        return DatasetDict({"hard-negatives": table(triplets), "pairs": table(pairs)})
-    return table(pairs or triplets)
+    if len(groups) == 1:
+        return table(next(iter(groups.values())))
+    return DatasetDict({f"{count}-hard-negatives" if count else "pairs": table(rows) for count, rows in groups.items()})

@@ -247,9 +247,10 @@ def _training_data(
         train = mine_hard_negatives(train, documents, model, args.mine_hard_negatives)
         log.info("mined up to %d hard negatives per question in %.0f s", args.mine_hard_negatives,
                  time.perf_counter() - began)  # fmt: skip
-    pairs, triplets = training_rows(train, args.hard_neg_ratio, args.seed)
-    log.info("%d training rows, %d with a hard negative", len(pairs) + len(triplets), len(triplets))
-    return training_dataset(pairs, triplets)
+    groups = training_rows(train, args.hard_neg_ratio, args.seed, args.negatives_per_row)
+    log.info("%d training rows; by hard negatives carried: %s", sum(map(len, groups.values())),
+             ", ".join(f"{count}: {len(rows)}" for count, rows in groups.items()))  # fmt: skip
+    return training_dataset(groups)
 
 
 class RefreshCallback(TrainerCallback):

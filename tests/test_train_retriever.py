@@ -231,6 +231,34 @@ def test_mined_hard_negatives_are_never_gold_nor_a_copy_of_it(tiny_embedder):
     assert all(d.page_content != gold for d in mined.hard_neg_docs)
 
 
+def test_rows_carry_up_to_negatives_per_row_grouped_by_how_many():
+    import dataclasses
+
+    from helpers import document, example
+
+    from rqa.retriever_data import training_dataset, training_rows
+
+    def with_negatives(question: str, count: int):
+        negatives = tuple(document(f"{question} wrong passage {i}") for i in range(count))
+        return dataclasses.replace(example(question=question, passages=(f"{question} gold",)), hard_neg_docs=negatives)
+
+    examples = [with_negatives("five", 5), with_negatives("three", 3), with_negatives("two", 2), example("none")]
+    groups = training_rows(examples, hard_neg_ratio=1.0, seed=0, negatives_per_row=3)
+
+    assert sorted(groups) == [0, 2, 3]
+    assert [row["anchor"] for row in groups[3]] == ["five", "three"]
+    for row in groups[3]:
+        negatives = [row[f"negative_{i}"] for i in (1, 2, 3)]
+        assert len(set(negatives)) == 3 and all(n.startswith(f"Title: Kettle care\nContent: {row['anchor']} wrong")
+                                                for n in negatives)  # fmt: skip
+    dataset = training_dataset(groups)
+    assert set(dataset) == {"3-hard-negatives", "2-hard-negatives", "pairs"}
+    assert dataset["2-hard-negatives"].column_names == ["anchor", "positive", "negative_1", "negative_2"]
+    assert dataset["pairs"].column_names == ["anchor", "positive"]
+    one = training_rows(examples[:2], hard_neg_ratio=1.0, seed=0)
+    assert list(one) == [1] and list(training_dataset(one).column_names) == ["anchor", "positive", "negative"]
+
+
 def test_gold_passage_missing_from_the_database_names_file_and_line(tmp_path, capsys):
     rows = example_rows()
     rows[3]["gold_docs"][0]["page_content"] = "A passage that the database does not hold."
