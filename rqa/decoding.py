@@ -242,3 +242,41 @@ def decode_dropping_finished_rows(
             cache = kept_rows(cache, model, keep, input_ids.shape[1] - 1)
             rows = [rows[position] for position in keep]
     return new_tokens
+
+
+def decode_alone_with_lookup(
+    model: Any,
+    input_ids: Any,
+    settings: dict[str, Any],
+    drafted: int,
+    dropped: Callable[[], bool] | None = None,
+    feed: TokenFeed | None = None,
+) -> list[int]:
+    """Greedy new tokens for one prompt with prompt-lookup decoding: ``drafted`` tokens copied from where the text so
+    far last continued the same n-gram, all checked in one forward pass, so the greedy answer comes in fewer passes.
+
+    A RAG answer copies spans of its passages, which is what the drafts hit. transformers' assisted generation does
+    this for a batch of one on its own dynamic cache, so a row that is alone runs it from its prompt.
+    ``dropped()``: the answer is no longer wanted (ends the call at the next step).
+    """
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    criteria = list(settings.get("stopping_criteria") or [])
+    if dropped is not None:
+
+        class WhenDropped(StoppingCriteria):
+            def __call__(self, ids: Any, scores: Any, **kwargs: Any) -> Any:
+                return torch.full((ids.shape[0],), dropped(), dtype=torch.bool, device=ids.device)
+
+        criteria.append(WhenDropped())
+    if feed is not None:
+        feed.begin([0], input_ids.shape[1])
+    output = model.generate(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        use_cache=True,
+        prompt_lookup_num_tokens=drafted,
+        **{**settings, "stopping_criteria": StoppingCriteriaList(criteria)},
+    )
+    return output[0, input_ids.shape[1] :].tolist()

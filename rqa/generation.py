@@ -20,10 +20,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from rqa.decoding import TokenFeed, can_assemble_cache, decode_dropping_finished_rows, prefilled_cache, stop_criterion
+from rqa.decoding import (
+    TokenFeed,
+    can_assemble_cache,
+    decode_alone_with_lookup,
+    decode_dropping_finished_rows,
+    prefilled_cache,
+    stop_criterion,
+)
 
 if TYPE_CHECKING:
     from rqa.signals import StopFlag
+
+
+PROMPT_LOOKUP_TOKENS = 10  # tokens a lone prompt drafts from its own text per forward pass (0: off)
 
 
 def stop_token_ids(tokenizer: Any, end_of_turn: str) -> tuple[list[int], list[str]]:
@@ -142,6 +152,7 @@ def generate_answers(
     stop: StopFlag | None = None,
     cancelled: Callable[[int], bool] | None = None,
     on_tokens: Callable[[int, list[int]], None] | None = None,
+    prompt_lookup: int = PROMPT_LOOKUP_TOKENS,
 ) -> tuple[list[str], list[float]]:
     """Batched greedy generation over token-id prompts, longest first; answers in input order.
 
@@ -151,6 +162,8 @@ def generate_answers(
     ``cancelled(index)``: whether a prompt's answer is no longer wanted (a server's client went away): it is left
     out of the batches not yet started, leaves a running one at its next decode segment, and gets an empty answer.
     ``on_tokens(index, new_ids)``: a prompt's new token ids so far, after every decoding step. Single-process only.
+    ``prompt_lookup``: a batch of one prompt (``rqa ask``, a lone request, the last short batch) drafts that many
+    tokens from its own text (``decode_alone_with_lookup``); 0 turns it off. Single-process only.
     """
     import torch
     from transformers import StoppingCriteriaList
@@ -188,7 +201,18 @@ def generate_answers(
                 began = time.perf_counter()
                 if feed is not None:
                     feed.batch = batch
-                if assemble:
+                if prompt_lookup and len(batch) == 1 and not synced:
+                    new_ids = [
+                        decode_alone_with_lookup(
+                            model,
+                            input_ids.to(device),
+                            settings,
+                            prompt_lookup,
+                            dropped=None if cancelled is None else (lambda index=batch[0]: cancelled(index)),
+                            feed=feed,
+                        )
+                    ]
+                elif assemble:
                     cache = prefilled_cache(model, rows, max_new_tokens, checkpoint, synced)
                     new_ids = decode_dropping_finished_rows(
                         model,

@@ -59,6 +59,21 @@ def test_batched_greedy_answers_equal_one_prompt_at_a_time(batch_size: int) -> N
     assert any(answers)  # the random model does say something
 
 
+def test_a_lone_prompt_drafts_from_its_own_text_in_fewer_passes_with_the_same_answer() -> None:
+    tokenizer = embedded_tokenizer()
+    model = tiny_model(tokenizer, seed=3)
+    prompts = [tokenizer("the kettle " * 30)["input_ids"]]
+    passes: list[int] = []
+    hook = model.register_forward_pre_hook(lambda *_: passes.append(1))
+    plain, _ = generate_answers(model, tokenizer, prompts, "<|im_end|>", 40, 1, prompt_lookup=0)
+    plain_passes = len(passes)
+    passes.clear()
+    drafted, _ = generate_answers(model, tokenizer, prompts, "<|im_end|>", 40, 1, prompt_lookup=10)
+    hook.remove()
+    assert drafted == plain == one_at_a_time(model, tokenizer, prompts, max_new_tokens=40)
+    assert len(passes) < plain_passes  # the random model repeats itself: drafts were accepted
+
+
 def test_rows_whose_answer_ended_leave_the_batch_and_the_others_continue_unchanged(monkeypatch) -> None:
     import rqa.decoding as decoding
 
