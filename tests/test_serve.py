@@ -63,7 +63,8 @@ def test_streaming_sends_openai_chunks_that_join_into_the_same_answer(server):
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == whole
     pieces = [c["choices"][0]["delta"]["content"] for c in chunks[1:-1]]
-    assert len(pieces) >= len(whole.split()) - 1  # token by token: at least about a piece per word
+    # as generated: a lone request decodes with prompt lookup, so a piece holds the tokens of one forward pass
+    assert len(pieces) >= 2 and all(pieces)
     assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length") and len(chunks[-1]["passages"]) == 4
 
 
