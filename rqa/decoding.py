@@ -41,16 +41,21 @@ def any_rank(flag: bool, device: Any) -> bool:
     return bool(value.item())
 
 
-def stop_criterion(stop: StopFlag) -> Any:
-    """A stopping criterion that ends a ``generate`` call at its next step once this process is asked to stop."""
+def stop_when(requested: Callable[[], bool]) -> Any:
+    """A stopping criterion that ends a ``generate`` call at its next step once ``requested()`` is true."""
     import torch
     from transformers import StoppingCriteria
 
     class StopWhenRequested(StoppingCriteria):
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            return torch.full((input_ids.shape[0],), stop.requested(), dtype=torch.bool, device=input_ids.device)
+            return torch.full((input_ids.shape[0],), requested(), dtype=torch.bool, device=input_ids.device)
 
     return StopWhenRequested()
+
+
+def stop_criterion(stop: StopFlag) -> Any:
+    """A stopping criterion that ends a ``generate`` call at its next step once this process is asked to stop."""
+    return stop_when(stop.requested)
 
 
 class TokenFeed:
@@ -260,16 +265,9 @@ def decode_alone_with_lookup(
     ``dropped()``: the answer is no longer wanted (ends the call at the next step).
     """
     import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
+    from transformers import StoppingCriteriaList
 
-    criteria = list(settings.get("stopping_criteria") or [])
-    if dropped is not None:
-
-        class WhenDropped(StoppingCriteria):
-            def __call__(self, ids: Any, scores: Any, **kwargs: Any) -> Any:
-                return torch.full((ids.shape[0],), dropped(), dtype=torch.bool, device=ids.device)
-
-        criteria.append(WhenDropped())
+    criteria = [*(settings.get("stopping_criteria") or []), *([stop_when(dropped)] if dropped is not None else [])]
     if feed is not None:
         feed.begin([0], input_ids.shape[1])
     output = model.generate(
