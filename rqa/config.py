@@ -208,10 +208,12 @@ def settle_devices(args: Any) -> None:
     """Device choices that depend on this machine, for ``rqa train`` and ``rqa train-retriever`` alike.
 
     Several processes on a machine without an accelerator train on the CPU over gloo, which accelerate sets up only
-    when asked for the CPU; batches are pinned only where they are copied to an accelerator (on a CPU, PyTorch
-    would only warn that it cannot pin).
+    when asked for the CPU; ``--bf16 true`` there means the CPU's bf16 (the Trainer would refuse it as "no GPU"
+    unless told the CPU is meant); batches are pinned only where they are copied to an accelerator (on a CPU,
+    PyTorch would only warn that it cannot pin).
     """
-    if not args.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_accelerator():
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if not args.use_cpu and (several or args.bf16 or args.bf16_full_eval) and not _has_accelerator(mps=True):
         args.use_cpu = True
     if args.dataloader_pin_memory is None:
         args.dataloader_pin_memory = not args.use_cpu and _has_accelerator()
@@ -226,9 +228,11 @@ def settle_progress(args: Any) -> None:
         args.disable_tqdm = not is_interactive()
 
 
-def _has_accelerator() -> bool:
+def _has_accelerator(mps: bool = False) -> bool:
     import torch
 
+    if mps and torch.backends.mps.is_available():
+        return True
     return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
 
 

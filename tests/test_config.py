@@ -152,8 +152,21 @@ def test_bf16_on_a_cpu_that_emulates_it_is_flagged(monkeypatch, caplog, avx512_b
 def test_pin_memory_follows_the_device_unless_chosen(monkeypatch, flags, accelerator, pinned) -> None:
     import rqa.config
 
-    monkeypatch.setattr(rqa.config, "_has_accelerator", lambda: accelerator)
+    monkeypatch.setattr(rqa.config, "_has_accelerator", lambda mps=False: accelerator)
     assert parse_train_args(flags).dataloader_pin_memory is pinned
+
+
+@pytest.mark.parametrize("parse", ["train", "train-retriever"])
+def test_bf16_without_an_accelerator_means_the_cpus_bf16(monkeypatch, parse) -> None:
+    """Hugging Face's Trainer refuses --bf16 without a GPU unless --use_cpu is given too; rqa gives it."""
+    import rqa.config
+    from rqa.retriever_config import parse_retriever_args
+
+    monkeypatch.setattr(rqa.config, "_has_accelerator", lambda mps=False: False)
+    parser = parse_train_args if parse == "train" else parse_retriever_args
+    args = parser(["--bf16", "true"])
+    assert args.bf16 and args.use_cpu
+    assert not parser([]).use_cpu  # fp32 leaves the device to the Trainer
 
 
 def test_pin_memory_choice_in_a_config_file_stands(tmp_path: Path) -> None:
