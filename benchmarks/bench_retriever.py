@@ -9,6 +9,10 @@ sentence-transformers' documentation: question/gold-passage pairs, in-batch nega
 Speed: training samples/s of `rqa train-retriever` vs that plain script on the same data, batch, loss and epochs
 (no hard negatives, no evaluation while training), each in its own process, one after the other.
 
+Each variant's latest row is kept in ``benchmarks/results/bench_retriever.json`` with the run that measured it, and
+the section is written from all of them: a costly variant (replug: over an hour) need not run again when another
+one changes.
+
     .venv/bin/python benchmarks/bench_retriever.py                       # base, plain, rqa defaults, speed
     .venv/bin/python benchmarks/bench_retriever.py --variants base rqa replug
     .venv/bin/python benchmarks/bench_retriever.py --variants answers    # after `rqa`: does retrieval lift answers?
@@ -21,6 +25,7 @@ from the trained retriever (so the generator learns to read what that retriever 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import subprocess
 import sys
@@ -34,9 +39,9 @@ from common import (
     DATA_DIR,
     Timer,
     emit_json,
+    environment_line,
     load_average,
     markdown_table,
-    print_table,
     ratio,
     run_child,
     section_preamble,
@@ -56,6 +61,8 @@ ANSWER_KEYS = (
     "gen/f1|retrieval_miss",
 )
 DOCUMENTS = str(DATA_DIR / "documents.pkl")
+RESULTS = Path(__file__).parent / "results" / "bench_retriever.json"  # every variant's latest row, with its run
+ANSWER_ROWS = ("sft-base", "sft-trained", "raft-trained")
 PLAIN = {"batch": 32, "learning_rate": 3e-5, "epochs": 3}
 # one epoch of 8-question batches: each step scores 8 x 4 passages with the generator (the costly part on a CPU)
 REPLUG_FLAGS = ["--loss", "replug", "--num_docs", "4", "--refresh_steps", "24", "--per_device_train_batch_size", "8",
@@ -119,44 +126,106 @@ def train_retriever(output: Path, extra: list[str]) -> tuple[dict[str, float], d
     return json.loads((output / "test-metrics.json").read_text()), summary, timer.seconds
 
 
-def answer_rows(work: Path, variants: list[str], reuse_generator: bool) -> list[list[str]]:
-    """Generator SFT answering the Faire test set with the base retriever and with the one ``rqa`` trained.
+def answer_rows(work: Path, variants: list[str], reuse_generator: bool, bf16: bool) -> dict[str, dict[str, Any]]:
+    """Generator SFT answering the Faire test set: ``answers`` gold SFT with the base retriever and with the one
+    ``rqa`` trained; ``answers-raft`` SFT whose RAFT contexts come from that trained retriever. Keyed rows.
 
     ``reuse_generator`` keeps an earlier run's gold SFT (it does not depend on the retriever), so a newly trained
-    retriever is compared in minutes instead of another SFT.
+    retriever is compared in minutes instead of another SFT. ``bf16`` trains the generators in mixed bf16 (fp32
+    weights; answers are generated in fp32 either way), the faster setting on a CPU with bf16 instructions.
     """
+    precision = ["--bf16", "true"] if bf16 else []
     trained = work / "rqa"
     if not (trained / "modules.json").exists():
         raise SystemExit(f"{trained} holds no trained retriever: run --variants rqa first")
     test_data = str(DATA_DIR / "test_w_qa.jsonl")
-    rows = []
-    sft = work / "answers-sft"
-    if not (reuse_generator and (sft / "test-metrics.json").exists()):
-        run_cli(train_flags(sft, CACHE_DIR / "faire-index", 1e-4, 1024, []))
-    rows.append(["gold SFT", "base MiniLM", *answer_cells(json.loads((sft / "test-metrics.json").read_text()))])
-    with_trained = work / "answers-sft-trained"
-    run_cli([RQA, "evaluate", "--model", str(sft), "--data", test_data, "--documents", DOCUMENTS,
-             "--index", str(work / "answers-trained-index"), "--embedding_model", str(trained),
-             "--output_dir", str(with_trained)])  # fmt: skip
-    rows.append(
-        ["gold SFT", "trained (`rqa` variant)", *answer_cells(json.loads((with_trained / "metrics.json").read_text()))]
-    )
+    rows: dict[str, dict[str, Any]] = {}
+
+    def row(generator: str, retriever: str, scores: dict[str, float]) -> dict[str, Any]:
+        trained_in = "bf16 (mixed)" if bf16 else "fp32"
+        return {"cells": [generator, retriever, *answer_cells(scores)], "trained_in": trained_in, "run": run_stamp()}
+
+    if "answers" in variants:
+        sft = work / "answers-sft"
+        if not (reuse_generator and (sft / "test-metrics.json").exists()):
+            run_cli(train_flags(sft, CACHE_DIR / "faire-index", 1e-4, 1024, precision))
+        rows["sft-base"] = row("gold SFT", "base MiniLM", json.loads((sft / "test-metrics.json").read_text()))
+        with_trained = work / "answers-sft-trained"
+        run_cli([RQA, "evaluate", "--model", str(sft), "--data", test_data, "--documents", DOCUMENTS,
+                 "--index", str(work / "answers-trained-index"), "--embedding_model", str(trained),
+                 "--output_dir", str(with_trained)])  # fmt: skip
+        scores = json.loads((with_trained / "metrics.json").read_text())
+        rows["sft-trained"] = row("gold SFT", "trained (`rqa` variant)", scores)
     if "answers-raft" in variants:
         raft = work / "answers-raft"
-        extra = ["--train_context", "raft", "--raft_source", "retriever", "--eval_embedding_model", str(trained)]
+        extra = [*precision, "--train_context", "raft", "--raft_source", "retriever", "--eval_embedding_model",
+                 str(trained)]  # fmt: skip
         run_cli(train_flags(raft, work / "answers-trained-index", 1e-4, 1024, extra))
         scores = json.loads((raft / "test-metrics.json").read_text())
-        rows.append(["RAFT SFT, contexts from the trained retriever", "trained (`rqa` variant)", *answer_cells(scores)])
+        rows["raft-trained"] = row("RAFT SFT, contexts from the trained retriever", "trained (`rqa` variant)", scores)
     return rows
 
 
-def answers_section(load_before: str, columns: list[str], rows: list[list[str]]) -> str:
+def merge_results(
+    quality: dict[str, tuple[str, dict[str, float], str]], speed: dict[str, float] | None, dry_run: bool
+) -> dict[str, Any]:
+    """This run's rows merged into the stored ones (``RESULTS``): a variant run again replaces its own row, the
+    others keep theirs with the run that made them, so one costly variant can be re-measured alone."""
+    stored: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    rows, run = stored.setdefault("quality", {}), run_stamp()
+    for variant, (label, scores, seconds) in quality.items():
+        kept = {k: scores[k] for key in KEYS for k in (key, f"ci95_low/{key}", f"ci95_high/{key}") if k in scores}
+        rows[variant] = {"label": label, "scores": kept, "seconds": seconds, "run": run}
+    if speed is not None:
+        stored["speed"] = {"plain": speed["plain"], "rqa": speed["rqa"], "run": run}
+    if not dry_run:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(stored, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return stored
+
+
+def run_stamp() -> str:
+    """When and where a row was measured: its date and CPU."""
+    return f"{datetime.datetime.now():%Y-%m-%d %H:%M}, {environment_line().split(',')[0]}"
+
+
+def retriever_section(load_before: str, results: dict[str, Any]) -> str:
+    """The retrieval table (every stored variant, in ``VARIANTS`` order, each with its run) and the speed table."""
+    columns = ["test set, top 4 of 1758 passages", *KEYS, "training s", "run"]
+    stored = results.get("quality", {})
+    rows = [
+        [row["label"], *(cell(row["scores"], k) for k in KEYS), row["seconds"], row["run"]]
+        for row in (stored[v] for v in VARIANTS if v in stored)
+    ]
+    body = [
+        f"## Retriever training (Faire test set)\n\n{section_preamble(load_before)}\n",
+        markdown_table(columns, rows) + "\n\n95 % bootstrap intervals in brackets; 75 test questions. Seconds: "
+        "the plain script's `trainer.train()` alone; rqa's whole command (loading, mining, the evaluations while "
+        "training, the test predictions). Each row keeps the run that measured it (`run`): a variant "
+        "measured again replaces only its own row (`benchmarks/results/bench_retriever.json`). The `speed` variant "
+        "compares training alone.",
+    ]
+    if speed := results.get("speed"):
+        plain, rqa = speed["plain"], speed["rqa"]
+        speed_rows = [["plain sentence-transformers script", f"{plain:.1f}", "1.00×"],
+                      ["`rqa train-retriever`", f"{rqa:.1f}", ratio(rqa, plain)]]  # fmt: skip
+        body.append(
+            f"\nTraining speed, same data, batch 32, loss and epochs, no evaluation (run {speed['run']}):\n\n"
+            + markdown_table(["", "samples/s", "vs plain"], speed_rows)
+        )
+    return "\n".join(body)
+
+
+def answers_section(load_before: str, answers: dict[str, dict[str, Any]]) -> str:
+    columns = ["generator", "retriever", *ANSWER_KEYS, "trained in", "run"]
+    rows = [[*r["cells"], r["trained_in"], r["run"]] for r in (answers[k] for k in ANSWER_ROWS if k in answers)]
     notes = (
         "Generator: the embedded SmolLM2-135M-Instruct after one epoch of `rqa train` (bench_quality's settings: "
-        "batch 4, learning rate 1e-4, max length 1024); top 4 of the 1758-passage database; 128 new tokens; 75 test "
-        "questions, 95 % bootstrap intervals in brackets. `gen/f1_retrieved`: token F1 of the answer against the "
-        "best-matching retrieved passage (how much it reads them); `gen/f1|retrieval_hit` / `…_miss`: F1 on the "
-        "questions whose gold passage was / was not retrieved."
+        "batch 4, learning rate 1e-4, max length 1024; trained in fp32 or mixed bf16 with fp32 weights, answers "
+        "generated in fp32); top 4 of the 1758-passage database; 128 new tokens; 75 test questions, 95 % bootstrap "
+        "intervals in brackets. `gen/f1_retrieved`: token F1 of the answer against the best-matching retrieved "
+        "passage (how much it reads them); `gen/f1|retrieval_hit` / `…_miss`: F1 on the questions whose gold passage "
+        "was / was not retrieved. Each row keeps the run that measured it (`run`), as above."
     )
     title = "## Does a trained retriever lift answers? (Faire test set, end to end)"
     return "\n\n".join([title, section_preamble(load_before), markdown_table(columns, rows), notes])
@@ -178,6 +247,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--epochs", type=float, default=PLAIN["epochs"], help="of the plain script and the speed runs")
     parser.add_argument("--no_write", action="store_true")
     parser.add_argument("--reuse_generator", action="store_true", help="answers: keep an earlier run's gold SFT")
+    parser.add_argument("--bf16", action="store_true", help="answers: train the generators in mixed bf16")
     parser.add_argument("--child_plain", help=argparse.SUPPRESS)
     parser.add_argument("--child_rows", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -188,62 +258,51 @@ def main(argv: list[str]) -> int:
     work = CACHE_DIR / "retriever"
     work.mkdir(parents=True, exist_ok=True)
     load_before = load_average()
-    quality: dict[str, tuple[dict[str, float], str]] = {}
+    quality: dict[str, tuple[str, dict[str, float], str]] = {}
     speed: dict[str, float] = {}
     if "base" in args.variants:
         wait_for_quiet()
-        quality["base all-MiniLM-L6-v2"] = (evaluate_retrieval("", work / "base"), "—")
+        quality["base"] = ("base all-MiniLM-L6-v2", evaluate_retrieval("", work / "base"), "—")
     if "plain" in args.variants:
         wait_for_quiet()
         result = run_child([__file__, "--child_plain", str(work / "plain"), "--epochs", str(args.epochs)])
-        speed["plain sentence-transformers script"] = result["samples_per_s"]
+        speed["plain"] = result["samples_per_s"]
         label = f"plain script: in-batch negatives, batch 32, lr 3e-5, {args.epochs:g} epochs"
-        quality[label] = (evaluate_retrieval(str(work / "plain"), work / "plain-eval"), f"{result['seconds']:.0f}")
+        scores = evaluate_retrieval(str(work / "plain"), work / "plain-eval")
+        quality["plain"] = (label, scores, f"{result['seconds']:.0f}")
     if "rqa" in args.variants:
         wait_for_quiet()
         scores, _, seconds = train_retriever(work / "rqa", [])
-        quality["`rqa train-retriever` (defaults)"] = (scores, f"{seconds:.0f}")
+        quality["rqa"] = ("`rqa train-retriever` (defaults)", scores, f"{seconds:.0f}")
     if "replug" in args.variants:
         wait_for_quiet()
         scores, _, seconds = train_retriever(work / "replug", REPLUG_FLAGS)
-        quality["`rqa train-retriever " + " ".join(REPLUG_FLAGS) + "`"] = (scores, f"{seconds:.0f}")
+        quality["replug"] = ("`rqa train-retriever " + " ".join(REPLUG_FLAGS) + "`", scores, f"{seconds:.0f}")
     if "speed" in args.variants:
         wait_for_quiet()
         same = ["--hard_neg_ratio", "0", "--mine_hard_negatives", "0", "--per_device_train_batch_size", "32",
                 "--learning_rate", "3e-5", "--num_train_epochs", str(args.epochs), "--eval_strategy", "no",
                 "--eval_on_start", "false", "--warmup_steps", "0", "--temperature", "0.05"]  # fmt: skip
         _, summary, _ = train_retriever(work / "speed", same)
-        speed["rqa train-retriever"] = summary["train_samples_per_second"]
+        speed["rqa"] = summary["train_samples_per_second"]
 
-    rows = [[label, *(cell(s, k) for k in KEYS), seconds] for label, (s, seconds) in quality.items()]
-    columns = ["test set, top 4 of 1758 passages", *KEYS, "training s"]
-    print_table("Faire test retrieval", columns, rows)
-    body = [f"## Retriever training (Faire test set)\n\n{section_preamble(load_before)}\n"]
-    if rows:
-        body.append(
-            markdown_table(columns, rows) + "\n\n95 % bootstrap intervals in brackets; 75 test questions. Seconds: "
-            "the plain script's `trainer.train()` alone; rqa's whole command (loading, the evaluations at step 0 and "
-            "at the end, the test predictions). The `speed` variant compares training alone."
-        )
-    if len(speed) == 2:
-        rqa_rate, plain_rate = speed["rqa train-retriever"], speed["plain sentence-transformers script"]
-        speed_rows = [["plain sentence-transformers script", f"{plain_rate:.1f}", "1.00×"],
-                      ["`rqa train-retriever`", f"{rqa_rate:.1f}", ratio(rqa_rate, plain_rate)]]  # fmt: skip
-        print_table("training speed", ["", "samples/s", "ratio"], speed_rows)
-        body.append(
-            "\nTraining speed, same data, batch 32, loss and epochs, no evaluation:\n\n"
-            + markdown_table(["", "samples/s", "vs plain"], speed_rows)
-        )
-    if rows and not args.no_write:
-        write_section("bench_retriever", "\n".join(body))
+    if quality or len(speed) == 2:
+        results = merge_results(quality, speed if len(speed) == 2 else None, args.no_write)
+        section = retriever_section(load_before, results)
+        print(section)
+        if not args.no_write:
+            write_section("bench_retriever", section)
     if {"answers", "answers-raft"} & set(args.variants):
         wait_for_quiet()
         load_before = load_average()
-        answers = answer_rows(work, args.variants, args.reuse_generator)
-        columns = ["generator", "retriever", *ANSWER_KEYS]
-        print_table("Faire test answers", columns, answers)
+        stored: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        answers = stored.setdefault("answers", {})
+        answers.update(answer_rows(work, args.variants, args.reuse_generator, args.bf16))
+        section = answers_section(load_before, answers)
+        print(section)
         if not args.no_write:
-            write_section("bench_retriever:answers", answers_section(load_before, columns, answers))
+            RESULTS.write_text(json.dumps(stored, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            write_section("bench_retriever:answers", section)
     return 0
 
 
