@@ -38,8 +38,8 @@ from common import (
     CACHE_DIR,
     DATA_DIR,
     Timer,
+    cpu_name,
     emit_json,
-    environment_line,
     load_average,
     markdown_table,
     ratio,
@@ -166,27 +166,32 @@ def answer_rows(work: Path, variants: list[str], reuse_generator: bool, bf16: bo
     return rows
 
 
-def merge_results(
-    quality: dict[str, tuple[str, dict[str, float], str]], speed: dict[str, float] | None, dry_run: bool
-) -> dict[str, Any]:
-    """This run's rows merged into the stored ones (``RESULTS``): a variant run again replaces its own row, the
-    others keep theirs with the run that made them, so one costly variant can be re-measured alone."""
-    stored: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+def load_results() -> dict[str, Any]:
+    """The stored rows (``RESULTS``): every variant's latest, with the run that measured it."""
+    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+
+
+def save_results(stored: dict[str, Any]) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(stored, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def merge_quality(
+    stored: dict[str, Any], quality: dict[str, tuple[str, dict[str, float], str]], speed: dict[str, float] | None
+) -> None:
+    """This run's rows into the stored ones: a variant run again replaces its own row, the others keep theirs with
+    the run that made them, so one costly variant can be re-measured alone."""
     rows, run = stored.setdefault("quality", {}), run_stamp()
     for variant, (label, scores, seconds) in quality.items():
         kept = {k: scores[k] for key in KEYS for k in (key, f"ci95_low/{key}", f"ci95_high/{key}") if k in scores}
         rows[variant] = {"label": label, "scores": kept, "seconds": seconds, "run": run}
     if speed is not None:
         stored["speed"] = {"plain": speed["plain"], "rqa": speed["rqa"], "run": run}
-    if not dry_run:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(stored, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    return stored
 
 
 def run_stamp() -> str:
     """When and where a row was measured: its date and CPU."""
-    return f"{datetime.datetime.now():%Y-%m-%d %H:%M}, {environment_line().split(',')[0]}"
+    return f"{datetime.datetime.now():%Y-%m-%d %H:%M}, {cpu_name()}"
 
 
 def retriever_section(load_before: str, results: dict[str, Any]) -> str:
@@ -286,22 +291,23 @@ def main(argv: list[str]) -> int:
         _, summary, _ = train_retriever(work / "speed", same)
         speed["rqa"] = summary["train_samples_per_second"]
 
+    stored = load_results()
     if quality or len(speed) == 2:
-        results = merge_results(quality, speed if len(speed) == 2 else None, args.no_write)
-        section = retriever_section(load_before, results)
+        merge_quality(stored, quality, speed if len(speed) == 2 else None)
+        section = retriever_section(load_before, stored)
         print(section)
         if not args.no_write:
+            save_results(stored)
             write_section("bench_retriever", section)
     if {"answers", "answers-raft"} & set(args.variants):
         wait_for_quiet()
         load_before = load_average()
-        stored: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
         answers = stored.setdefault("answers", {})
         answers.update(answer_rows(work, args.variants, args.reuse_generator, args.bf16))
         section = answers_section(load_before, answers)
         print(section)
         if not args.no_write:
-            RESULTS.write_text(json.dumps(stored, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            save_results(stored)
             write_section("bench_retriever:answers", section)
     return 0
 

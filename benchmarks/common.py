@@ -200,11 +200,11 @@ def environment_line() -> str:
             parts.append(f"{package} {version(package)}")
         except PackageNotFoundError:
             continue
-    cpu = _cpu_name()
+    cpu = cpu_name()
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}; " + ", ".join(parts)
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
