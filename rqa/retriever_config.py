@@ -92,6 +92,13 @@ class RqaRetrieverTrainingArguments(SentenceTransformerTrainingArguments):
             "copy of a gold passage) as hard negatives. 0: only the records' hard_neg_docs."
         },
     )
+    max_seq_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Tokens of a question or passage the embedder reads; the rest is cut off. Default: the model's "
+            "own (256 for all-MiniLM-L6-v2, whose position table holds 512)."
+        },
+    )
     negatives_per_row: int = field(
         default=1,
         metadata={
@@ -141,6 +148,8 @@ class RqaRetrieverTrainingArguments(SentenceTransformerTrainingArguments):
             raise ValueError(f"--temperature must be above 0, got {self.temperature}")
         if self.mine_hard_negatives < 0:
             raise ValueError(f"--mine_hard_negatives must be 0 or more, got {self.mine_hard_negatives}")
+        if self.max_seq_length is not None and self.max_seq_length < 1:
+            raise ValueError(f"--max_seq_length must be at least 1, got {self.max_seq_length}")
         if self.negatives_per_row < 1:
             raise ValueError(f"--negatives_per_row must be at least 1, got {self.negatives_per_row}")
         if self.top_k < 1:

@@ -58,6 +58,15 @@ def load_embedder(name_or_path: str | None, pooling_type: str | None) -> Any:
     return SentenceTransformer(modules=[encoder, pooling])
 
 
+def set_max_seq_length(model: Any, length: int) -> None:
+    """Let the embedder read ``length`` tokens of each text; the saved model keeps the setting, so every index built
+    with it reads as many. Beyond the model's position table there is nothing to read with: refused."""
+    positions = getattr(model[0].auto_model.config, "max_position_embeddings", None)
+    if positions is not None and length > positions:
+        raise RqaError(f"--max_seq_length {length} is more than this embedder's {positions} positions")
+    model.max_seq_length = length
+
+
 class DatabaseRetrievalEvaluator(SentenceEvaluator):
     """Retrieves every question's top k from the whole database with the model being trained, scores it with rqa's
     retrieval metric, and writes ``{name}-predictions.jsonl`` and ``{name}-metrics.json``.
@@ -170,6 +179,8 @@ def run_retriever_training(args: RqaRetrieverTrainingArguments, console: Any = N
     from transformers.trainer_utils import IntervalStrategy
 
     model = load_embedder(args.model_name_or_path, args.pooling_type)
+    if args.max_seq_length is not None:
+        set_max_seq_length(model, args.max_seq_length)
     loss = loss_choice.build(model=model)
     dataset = _training_data(args, loss, train, documents, model)
     quiet = bool(args.disable_tqdm)

@@ -75,10 +75,13 @@ def test_trains_evaluates_over_the_database_and_saves_a_sentence_transformers_mo
         *("--max_steps", "2", "--eval_steps", "2", "--save_steps", "2", "--logging_steps", "1"),
         *("--per_device_train_batch_size", "8", "--hard_neg_ratio", "0.5", "--report_to", "none"),
         *("--metric_for_best_model", "eval_retr/document_recall/recall4", "--load_best_model_at_end", "true"),
+        *("--max_seq_length", "200"),  # the tiny embedder's own is 128
     )
 
     assert code == 0
-    assert SentenceTransformer(str(out)).encode(["kettle"]).shape == (1, 32)
+    trained = SentenceTransformer(str(out))
+    assert trained.encode(["kettle"]).shape == (1, 32)
+    assert trained.max_seq_length == 200  # kept with the model, so every index built with it reads as far
     for step in (0, 2):
         metrics = json.loads((out / "eval" / f"step-{step}-metrics.json").read_text())
         assert RETR_KEYS <= set(metrics), step
@@ -169,6 +172,14 @@ def test_empty_document_database_is_refused(tmp_path, capsys):
     )
     assert code == 1
     assert f"{empty}: holds no documents" in capsys.readouterr().err
+
+
+def test_max_seq_length_beyond_the_embedders_positions_is_refused(tiny_embedder, tmp_path, capsys):
+    argv = ["--model_name_or_path", str(tiny_embedder / "st"), "--train_file", str(EXAMPLE / "train_w_qa.jsonl")]
+    assert run(*argv, "--max_seq_length", "513", "--output_dir", str(tmp_path / "run")) == 1
+    assert "--max_seq_length 513 is more than this embedder's 512 positions" in capsys.readouterr().err
+    assert run(*argv, "--max_seq_length", "0", "--output_dir", str(tmp_path / "run")) == 1
+    assert "--max_seq_length must be at least 1" in capsys.readouterr().err
 
 
 def test_unknown_loss_and_bad_temperature_fail_before_any_model_loads(tmp_path, capsys):
