@@ -61,7 +61,8 @@ def load_embedder(name_or_path: str | None, pooling_type: str | None) -> Any:
 def set_max_seq_length(model: Any, length: int) -> None:
     """Let the embedder read ``length`` tokens of each text; the saved model keeps the setting, so every index built
     with it reads as many. Beyond the model's position table there is nothing to read with: refused."""
-    positions = getattr(model[0].auto_model.config, "max_position_embeddings", None)
+    encoder = getattr(model[0], "auto_model", None)  # absent in models without a transformer (static embeddings)
+    positions = getattr(getattr(encoder, "config", None), "max_position_embeddings", None)
     if positions is not None and length > positions:
         raise RqaError(f"--max_seq_length {length} is more than this embedder's {positions} positions")
     model.max_seq_length = length
