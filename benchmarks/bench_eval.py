@@ -8,9 +8,12 @@ identical; every mismatch is listed.
     .venv/bin/python benchmarks/bench_eval.py                     # 73 questions, batches of 16 and 32
     .venv/bin/python benchmarks/bench_eval.py --questions 24
     .venv/bin/python benchmarks/bench_eval.py --batch_size 16 --lookup 4 10   # the loop with prompt lookup too
+    .venv/bin/python benchmarks/bench_eval.py --batch_size 32 --linear_kernels auto default
 
 ``--lookup K``: the loop again with transformers' prompt-lookup decoding (K tokens drafted from the prompt and
 verified in one forward pass), its answers compared with the plain loop's and its tokens per forward pass counted.
+``--linear_kernels``: rqa once per setting of ``RQA_CPU_LINEAR`` (``auto`` picks oneDNN where it measures faster;
+``default`` keeps PyTorch's own); the loop always runs PyTorch's own kernels.
 """
 
 from __future__ import annotations
@@ -121,6 +124,14 @@ def rqa_evaluator(
     }
 
 
+def linear_kernels(model: Any) -> str:
+    """Which fp32 linear kernels rqa's generation uses for this model under the current ``RQA_CPU_LINEAR``."""
+    from rqa.onednn import onednn_linears
+
+    with onednn_linears(model) as routed:
+        return "oneDNN" if routed else "PyTorch's default"
+
+
 def scoring_seconds(rows: list[dict[str, Any]], top_k: int) -> float:
     """What every installed metric adds on top (rqa's default ``--metrics all``)."""
     from rqa.evaluation import score_rows
@@ -141,6 +152,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument(
         "--lookup", type=int, nargs="*", default=[], help="also the loop with prompt-lookup decoding, K drafted tokens"
     )
+    parser.add_argument(
+        "--linear_kernels", nargs="+", choices=["auto", "onednn", "default"], default=["auto"],
+        help="RQA_CPU_LINEAR settings to measure rqa with",
+    )  # fmt: skip
     parser.add_argument("--max_new_tokens", type=int, default=128)
     parser.add_argument("--top_k", type=int, default=4)
     parser.add_argument("--max_seq_length", type=int, default=2048, help="prompt budget (rqa train's default)")
@@ -165,12 +180,16 @@ def main(argv: list[str]) -> None:
 
     runs = []
     for batch_size in args.batch_size:
-        wait_for_quiet()
-        print(f"rqa E2EEvaluator, batch {batch_size}, {len(examples)} questions ...", flush=True)
-        batched = rqa_evaluator(model, encoder, retriever, examples, args.top_k, args.max_new_tokens, batch_size)
-        batched["load"] = os.getloadavg()[0]
-        print(f"  {batched['seconds']:.1f} s (load {batched['load']:.2f})", flush=True)
-        runs.append((batch_size, batched))
+        for kernels in args.linear_kernels:
+            os.environ["RQA_CPU_LINEAR"] = kernels
+            label = f"batch {batch_size}, {linear_kernels(model)} linears"
+            wait_for_quiet()
+            print(f"rqa E2EEvaluator, {label}, {len(examples)} questions ...", flush=True)
+            batched = rqa_evaluator(model, encoder, retriever, examples, args.top_k, args.max_new_tokens, batch_size)
+            batched["load"] = os.getloadavg()[0]
+            print(f"  {batched['seconds']:.1f} s (load {batched['load']:.2f})", flush=True)
+            runs.append((label, batched))
+    os.environ.pop("RQA_CPU_LINEAR")
     wait_for_quiet()
     print("per-question loop ...", flush=True)
     with Timer() as loop_timer:
@@ -190,16 +209,16 @@ def main(argv: list[str]) -> None:
 
     columns = ["path", "total s", "retrieval s", "generation + rest s", "speed-up", "same answers", "load at end"]
     rows, mismatches = [], []
-    for batch_size, batched in runs:
+    for label, batched in runs:
         same = sum(a == b for a, b in zip(batched["answers"], loop["answers"], strict=True))
         mismatches += [
-            (batch_size, i, examples[i].question, mine, theirs)
+            (label, i, examples[i].question, mine, theirs)
             for i, (mine, theirs) in enumerate(zip(batched["answers"], loop["answers"], strict=True))
             if mine != theirs
         ]
         rows.append(
             [
-                f"rqa E2EEvaluator (batch {batch_size})",
+                f"rqa E2EEvaluator ({label})",
                 f"{batched['seconds']:.1f}",
                 f"{batched['retrieval_s']:.2f}",
                 f"{batched['seconds'] - batched['retrieval_s']:.1f}",
@@ -242,13 +261,13 @@ def main(argv: list[str]) -> None:
     ]
     print_table(f"end-to-end evaluation, {len(examples)} Faire eval questions", columns, rows)
     print_table("comparison", ["", "value"], summary)
-    for batch_size, index, question, mine, theirs in mismatches:
-        print(f"mismatch #{index} (batch {batch_size}): {question!r}\n  rqa:  {mine!r}\n  loop: {theirs!r}")
+    for label, index, question, mine, theirs in mismatches:
+        print(f"mismatch #{index} ({label}): {question!r}\n  rqa:  {mine!r}\n  loop: {theirs!r}")
     if args.no_write:
         return
     mismatch_lines = [
-        f"- #{index} (batch {batch_size}) {question!r}: rqa `{mine[:160]!r}` vs loop `{theirs[:160]!r}`"
-        for batch_size, index, question, mine, theirs in mismatches
+        f"- #{index} ({label}) {question!r}: rqa `{mine[:160]!r}` vs loop `{theirs[:160]!r}`"
+        for label, index, question, mine, theirs in mismatches
     ]
     body = "\n\n".join(
         [

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ from rqa.decoding import (
     prefilled_cache,
     stop_criterion,
 )
+from rqa.onednn import onednn_linears
 
 if TYPE_CHECKING:
     from rqa.signals import StopFlag
@@ -189,7 +191,9 @@ def generate_answers(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        # sharded weights (synced) are gathered by their own forward: only a lone CPU process swaps kernels
+        kernels = onednn_linears(model) if on_cpu and not synced else nullcontext()
+        with torch.inference_mode(), kernels:
             for batch in batches:
                 checkpoint()
                 if cancelled is not None:

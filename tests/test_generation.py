@@ -46,8 +46,10 @@ def one_at_a_time(
     return answers
 
 
+@pytest.mark.parametrize("linear_kernels", ["default", "onednn"])
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
-def test_batched_greedy_answers_equal_one_prompt_at_a_time(batch_size: int) -> None:
+def test_batched_greedy_answers_equal_one_prompt_at_a_time(batch_size: int, linear_kernels: str, monkeypatch) -> None:
+    monkeypatch.setenv("RQA_CPU_LINEAR", linear_kernels)  # the loop keeps the default kernels either way
     tokenizer = embedded_tokenizer()
     model = tiny_model(tokenizer, seed=3)
     texts = ["Kettle descaling steps", "Why does the kettle click off early when the water is cold?", "Hi", "a " * 40]
