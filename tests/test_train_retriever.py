@@ -190,6 +190,16 @@ def test_unknown_loss_and_bad_temperature_fail_before_any_model_loads(tmp_path, 
     assert "--temperature must be above 0" in capsys.readouterr().err
 
 
+def question_gold_negative_batch(model):
+    """Two questions, their gold passages and a hard negative each, tokenized as the trainer hands them over."""
+    columns = [
+        ["how do I descale it", "is the lid safe"],
+        ["Descale monthly.", "The lid locks."],
+        ["Warranty.", "Cord."],
+    ]
+    return [model.tokenize(texts) for texts in columns]
+
+
 def test_contrastive_equals_multiple_negatives_ranking_loss_with_scale_one_over_temperature(tiny_embedder, monkeypatch):
     import torch
     from sentence_transformers import SentenceTransformer
@@ -199,12 +209,7 @@ def test_contrastive_equals_multiple_negatives_ranking_loss_with_scale_one_over_
 
     model = SentenceTransformer(str(tiny_embedder / "st"))
     loss = load_plugins()["retriever_losses"].build("contrastive", {"temperature": "0.1"}, model=model)
-    columns = [
-        ["how do I descale it", "is the lid safe"],
-        ["Descale monthly.", "The lid locks."],
-        ["Warranty.", "Cord."],
-    ]
-    features = [model.tokenize(texts) for texts in columns]
+    features = question_gold_negative_batch(model)
     with torch.no_grad():
         ours = loss(features, None)
         reference = MultipleNegativesRankingLoss(model, scale=10.0)(features, None)
@@ -413,3 +418,30 @@ def test_two_processes_gather_negatives_and_one_writes(tiny_embedder, tmp_path):
     assert len((out / "test-predictions.jsonl").read_text().splitlines()) == 10
     state = json.loads((out / "trainer_state.json").read_text())
     assert sum("eval_retr/recall@4" in entry for entry in state["log_history"]) == 2
+
+
+def test_contrastive_options_reach_the_loss_and_wrong_ones_name_the_valid_values(tiny_embedder):
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    from rqa.errors import ComponentOptionError
+    from rqa.plugins import load_plugins
+
+    model = SentenceTransformer(str(tiny_embedder / "st"))
+    losses = load_plugins()["retriever_losses"]
+    options = {"directions": "query_to_doc;doc_to_doc", "hardness_mode": "hard_negatives", "hardness_strength": "5"}
+    loss = losses.build("contrastive", options, model=model)
+    features = question_gold_negative_batch(model)
+    with torch.no_grad():
+        ours = loss(features, None)
+        same = MultipleNegativesRankingLoss(
+            model, scale=20.0, directions=("query_to_doc", "doc_to_doc"), hardness_mode="hard_negatives",
+            hardness_strength=5.0,
+        )(features, None)  # fmt: skip
+        plain = MultipleNegativesRankingLoss(model, scale=20.0)(features, None)
+    assert torch.isclose(ours, same) and not torch.isclose(ours, plain)
+    with pytest.raises(ComponentOptionError, match="among query_to_doc, doc_to_query, query_to_query, doc_to_doc"):
+        losses.build("contrastive", {"directions": "doc_to_doc"}, model=model)
+    with pytest.raises(ComponentOptionError, match="in_batch_negatives, hard_negatives, all_negatives"):
+        losses.build("contrastive", {"hardness_mode": "hardest"}, model=model)

@@ -11,24 +11,50 @@ from typing import Any
 
 from rqa.hookspecs import hookimpl
 
+DIRECTIONS = ("query_to_doc", "doc_to_query", "query_to_query", "doc_to_doc")
+HARDNESS_MODES = ("in_batch_negatives", "hard_negatives", "all_negatives")
 
-def contrastive(model: Any, temperature: float = 0.05, mini_batch_size: int = 0) -> Any:
+
+def contrastive(
+    model: Any,
+    temperature: float = 0.05,
+    mini_batch_size: int = 0,
+    directions: tuple[str, ...] = ("query_to_doc",),
+    hardness_mode: str | None = None,
+    hardness_strength: float = 0.0,
+) -> Any:
     """InfoNCE over in-batch and hard negatives with a temperature, as LocalRQA's CTL (options: temperature,
-    mini_batch_size)."""
+    mini_batch_size, directions, hardness_mode, hardness_strength).
+
+    ``directions`` adds sentence-transformers' other softmax terms (``doc_to_doc`` also pushes a question's gold
+    passage away from the batch's other passages, its own hard negatives excepted); ``hardness_mode`` with
+    ``hardness_strength`` raises the weight of the negatives the model already finds similar."""
     if not temperature > 0:
         raise ValueError(f"temperature must be above 0, got {temperature}")
     if mini_batch_size < 0:
         raise ValueError(f"mini_batch_size must be 0 (off) or more, got {mini_batch_size}")
+    unknown = [d for d in directions if d not in DIRECTIONS]
+    if unknown or "query_to_doc" not in directions:
+        raise ValueError(f"directions must include query_to_doc and be among {', '.join(DIRECTIONS)}; got "
+                         f"{';'.join(directions)}")  # fmt: skip
+    if hardness_mode is not None and hardness_mode not in HARDNESS_MODES:
+        raise ValueError(f"hardness_mode must be one of {', '.join(HARDNESS_MODES)}, got {hardness_mode!r}")
+    if hardness_strength < 0:
+        raise ValueError(f"hardness_strength must be 0 or more, got {hardness_strength}")
     from sentence_transformers.sentence_transformer import losses
 
     # cosine similarities scaled by 1/temperature, softmax cross-entropy against every passage in the batch, and
     # under several processes (torchrun sets WORLD_SIZE) against every process's passages, gathered
-    gather = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    options = {
+        "scale": 1.0 / temperature,
+        "gather_across_devices": int(os.environ.get("WORLD_SIZE", "1")) > 1,
+        "directions": tuple(directions),
+        "hardness_mode": hardness_mode,
+        "hardness_strength": hardness_strength,
+    }
     if mini_batch_size:  # GradCache: a large batch's negatives in the memory of a mini-batch, for ~20 % more time
-        return losses.CachedMultipleNegativesRankingLoss(
-            model, scale=1.0 / temperature, mini_batch_size=mini_batch_size, gather_across_devices=gather
-        )
-    return losses.MultipleNegativesRankingLoss(model, scale=1.0 / temperature, gather_across_devices=gather)
+        return losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=mini_batch_size, **options)
+    return losses.MultipleNegativesRankingLoss(model, **options)
 
 
 def replug(
