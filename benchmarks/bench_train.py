@@ -48,6 +48,8 @@ TOOLS: dict[str, str] = {
     "rqa-gc": "rqa, packed + gradient checkpointing",
     "rqa-micro": "rqa, one example per forward, gradients accumulated",
     "rqa-micro-gc": "rqa, one example per forward + gradient checkpointing",
+    "rqa-bf16w": "rqa, bf16 weights and AdamW state (--bf16_weights)",
+    "rqa-micro-bf16w": "rqa, one example per forward, bf16 weights and AdamW state",
     "rqa-padded": "rqa, padded batches (--padding_free false)",
     "rqa-grouped": "rqa, padded, group_by_length",
     "trl": "TRL SFTTrainer, prompt-completion",
@@ -55,7 +57,7 @@ TOOLS: dict[str, str] = {
     "localrqa-way": "LocalRQA way (pad to max_length, loss on all)",
 }
 DEFAULT_TOOLS = ["rqa", "rqa-gc", "trl", "trl-padding-free", "localrqa-way"]
-RQA_TOOLS = ("rqa", "rqa-gc", "rqa-micro", "rqa-micro-gc", "rqa-padded", "rqa-grouped")
+RQA_TOOLS = ("rqa", "rqa-gc", "rqa-micro", "rqa-micro-gc", "rqa-bf16w", "rqa-micro-bf16w", "rqa-padded", "rqa-grouped")
 BASELINES = ("trl", "trl-padding-free", "localrqa-way")
 ANSWER_LABELS = "bench_answer_labels"  # extra batch key: answer-only labels for tools whose labels cover more
 
@@ -258,7 +260,7 @@ def rqa_trainer(settings: Settings, output_dir: str, encoded: list[dict[str, Any
     import torch
 
     from rqa.config import RqaTrainingArguments
-    from rqa.models import load_generator, load_tokenizer, save_host_memory, training_collator
+    from rqa.models import load_generator, load_tokenizer, save_host_memory, training_collator, training_dtype
     from rqa.plugins import get_plugins
     from rqa.trainer import RqaTrainer
 
@@ -266,13 +268,14 @@ def rqa_trainer(settings: Settings, output_dir: str, encoded: list[dict[str, Any
     tokenizer = load_tokenizer(path)
     options = common_args(settings, output_dir, "group_by_length" if tool == "rqa-grouped" else "sequential")
     options["gradient_checkpointing"] = tool.endswith("-gc")
+    options["bf16_weights"] = tool.endswith("-bf16w")
     if tool.startswith("rqa-micro"):
         options["per_device_train_batch_size"] = 1
         options["gradient_accumulation_steps"] = settings.batch_size
     padding_free = "false" if tool in ("rqa-padded", "rqa-grouped") else "auto"
     args = RqaTrainingArguments(**options, max_seq_length=settings.max_length, padding_free=padding_free)
     save_host_memory(args)
-    model = load_generator(path, dtype=torch.float32)
+    model = load_generator(path, dtype=training_dtype(args) or torch.float32)
     return RqaTrainer(
         model=model,
         args=args,

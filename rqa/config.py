@@ -8,6 +8,7 @@ values that come from a ``--config`` file or from code, which the parser does no
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import os
@@ -23,6 +24,7 @@ from rqa.errors import RqaError
 
 PREFIX_FLAGS = ("user_prefix", "assistant_prefix", "sep_user", "sep_sys")
 PaddingFree = Literal["auto", "true", "false"]
+BF16_WEIGHTS_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused")  # --optim values it stands in for
 TrainContext = Literal["gold", "raft"]
 RaftSource = Literal["hard-negatives", "retriever"]
 
@@ -70,9 +72,11 @@ class RqaTrainingArguments(TrainingArguments):
         default_factory=list, metadata={"help": "Formatter option KEY=VALUE (repeatable)."}
     )
     loss: str = field(default="answer-ce", metadata={"help": "Loss name (see `rqa list-plugins`)."})
-    loss_option: list[str] = field(default_factory=list, metadata={"help": "Loss option KEY=VALUE."})
+    loss_option: list[str] = field(default_factory=list, metadata={"help": "Loss option KEY=VALUE (repeatable)."})
     retriever: str = field(default="dense-faiss", metadata={"help": "Retriever for end-to-end evaluation."})
-    retriever_option: list[str] = field(default_factory=list, metadata={"help": "Retriever option KEY=VALUE."})
+    retriever_option: list[str] = field(
+        default_factory=list, metadata={"help": "Retriever option KEY=VALUE (repeatable)."}
+    )
     metrics: list[str] = field(
         default_factory=lambda: ["all"],
         metadata={"help": "Metric names for end-to-end evaluation ('all' for every installed metric)."},
@@ -110,6 +114,14 @@ class RqaTrainingArguments(TrainingArguments):
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["all-linear"], metadata={"help": "Modules LoRA adapts."}
+    )
+    bf16_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the weights, gradients and AdamW state in bf16 instead of fp32 (about half the memory) "
+            "and add each update with Kahan summation (torch-optimi's AdamW), so that updates smaller than bf16 "
+            "can hold still add up. Fast where bf16 is: a GPU, or a CPU with avx512_bf16 or AMX."
+        },
     )
     e2e_eval: bool = field(
         default=True, metadata={"help": "Run the end-to-end evaluation (retrieve, generate, score)."}
@@ -174,6 +186,11 @@ class RqaTrainingArguments(TrainingArguments):
         if isinstance(self.padding_free, bool):  # YAML reads `padding_free: true` as a boolean
             self.padding_free = "true" if self.padding_free else "false"
         check_choices(self)
+        if self.bf16_weights and self.optim not in BF16_WEIGHTS_OPTIMIZERS:
+            raise ValueError(
+                f"--bf16_weights trains with torch-optimi's AdamW (Kahan-summed updates); --optim {self.optim} "
+                "cannot update bf16 weights without losing small updates: leave --optim out"
+            )
         super().__post_init__()
 
     def resolved_formatter(self) -> str:
@@ -254,7 +271,27 @@ def _load_config_file(path: str) -> dict[str, Any]:
 def make_parser() -> HfArgumentParser:
     parser = HfArgumentParser(RqaTrainingArguments, prog="rqa train")
     _keep_pin_memory_spellings(parser)
+    repeatable_options(parser)
     return parser
+
+
+class _AddToList(argparse.Action):
+    """Each use of the flag adds its values to the earlier ones (a ``--config`` file's included)."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        earlier = getattr(namespace, self.dest, None) or []
+        setattr(namespace, self.dest, [*([earlier] if isinstance(earlier, str) else earlier), *values])
+
+
+def repeatable_options(parser: HfArgumentParser) -> None:
+    """``--loss_option a=1 --loss_option b=2`` keeps both, as every other rqa command does.
+
+    ``HfArgumentParser`` gives a list field ``nargs="+"`` with argparse's store action, so a repeated flag would
+    silently keep only its last values: a component option dropped without a word.
+    """
+    for action in parser._actions:
+        if action.dest.endswith("_option") and action.nargs == "+":
+            action.__class__ = _AddToList
 
 
 def _keep_pin_memory_spellings(parser: HfArgumentParser) -> None:

@@ -171,18 +171,26 @@ def save_host_memory(args: RqaTrainingArguments) -> None:
 
 def warn_if_bf16_is_emulated(args: RqaTrainingArguments) -> None:
     """bf16 on a CPU without bf16 instructions trains several times slower than fp32: say so before it starts."""
-    if args.bf16 and args.device.type == "cpu" and cpu_emulates_bf16():
+    flag = "--bf16_weights" if args.bf16_weights else "--bf16"
+    if (args.bf16 or args.bf16_weights) and args.device.type == "cpu" and cpu_emulates_bf16():
         _log.warning(
-            "--bf16 true on a CPU without bf16 instructions (avx512_bf16 or AMX): its bf16 matrix products are "
-            "emulated, several times slower than fp32 (4x on a 2-core AVX-512 machine); leave --bf16 off here"
+            f"{flag} true on a CPU without bf16 instructions (avx512_bf16 or AMX): its bf16 matrix products are "
+            f"emulated, several times slower than fp32 (4x on a 2-core AVX-512 machine); leave {flag} off here"
         )
+
+
+def training_dtype(args: RqaTrainingArguments) -> Any:
+    """The weights' dtype in training: bf16 with ``--bf16_weights``, else the checkpoint's own (None)."""
+    import torch
+
+    return torch.bfloat16 if args.bf16_weights else None
 
 
 def load_for_training(args: RqaTrainingArguments, path: str) -> Any:
     """The generator to train: memory and precision settled for this machine first, LoRA adapters if asked."""
     save_host_memory(args)
     warn_if_bf16_is_emulated(args)
-    model = load_generator(path, use_flash_attention=args.use_flash_attention, log=_log.warning)
+    model = load_generator(path, args.use_flash_attention, dtype=training_dtype(args), log=_log.warning)
     if args.gradient_checkpointing:
         model.config.use_cache = False
     if args.lora_r > 0:

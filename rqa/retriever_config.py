@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from sentence_transformers import SentenceTransformerTrainingArguments
 from transformers import HfArgumentParser
 
-from rqa.config import parse_with_config, settle_devices, settle_progress
+from rqa.config import parse_with_config, repeatable_options, settle_devices, settle_progress
 
 POOLING_TYPES = ("mean", "cls", "last")
 # LocalRQA logs retrieval recall as ``eval_retr/document_recall/recall4``; rqa's name is ``eval_retr/recall@4``
@@ -107,7 +107,7 @@ class RqaRetrieverTrainingArguments(SentenceTransformerTrainingArguments):
         },
     )
     loss: str = field(default="contrastive", metadata={"help": "Retriever loss name (see `rqa list-plugins`)."})
-    loss_option: list[str] = field(default_factory=list, metadata={"help": "Loss option KEY=VALUE."})
+    loss_option: list[str] = field(default_factory=list, metadata={"help": "Loss option KEY=VALUE (repeatable)."})
     top_k: int = field(default=4, metadata={"help": "Passages retrieved per question when evaluating."})
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Start over in an output directory that holds an earlier run."}
@@ -161,7 +161,9 @@ class RqaRetrieverTrainingArguments(SentenceTransformerTrainingArguments):
 
 
 def make_parser() -> HfArgumentParser:
-    return HfArgumentParser(RqaRetrieverTrainingArguments, prog="rqa train-retriever")
+    parser = HfArgumentParser(RqaRetrieverTrainingArguments, prog="rqa train-retriever")
+    repeatable_options(parser)
+    return parser
 
 
 def parse_retriever_args(argv: list[str]) -> RqaRetrieverTrainingArguments:

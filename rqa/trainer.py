@@ -84,6 +84,17 @@ class RqaTrainer(Trainer):
             loss = loss * self.accelerator.num_processes  # num_items counts every rank; DDP averages
         return (loss, outputs) if return_outputs else loss
 
+    @staticmethod
+    def get_optimizer_cls_and_kwargs(args: Any, model: Any = None) -> tuple[Any, dict[str, Any]]:
+        """As Trainer's, but ``--bf16_weights`` trains with torch-optimi's AdamW: its Kahan summation keeps the
+        part of each update that a bf16 weight cannot hold (at a learning rate of 1e-5 that is nearly all of it)."""
+        if not getattr(args, "bf16_weights", False):
+            return Trainer.get_optimizer_cls_and_kwargs(args, model)
+        from optimi import AdamW
+
+        settings = {"lr": args.learning_rate, "betas": (args.adam_beta1, args.adam_beta2), "eps": args.adam_epsilon}
+        return AdamW, {**settings, "kahan_sum": True}
+
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list[Any], Any]:
         """As Trainer's, but under DataParallel ``num_items`` stays the step's exact count.
 

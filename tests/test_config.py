@@ -78,6 +78,37 @@ def test_config_file_supplies_defaults_the_command_line_overrides(tmp_path: Path
     assert parse_train_args(["--config", str(json_config)]).num_train_epochs == 3
 
 
+@pytest.mark.parametrize("command", ["train", "train-retriever"])
+def test_a_repeated_option_flag_keeps_every_value(command: str, tmp_path: Path) -> None:
+    from rqa.retriever_config import parse_retriever_args
+
+    parse = parse_train_args if command == "train" else parse_retriever_args
+    repeated = ["--loss_option", "a=1", "--loss_option", "b=2", "c=3"]
+    assert parse(repeated).loss_option == ["a=1", "b=2", "c=3"]
+    config = tmp_path / "run.yaml"
+    config.write_text("loss_option: [a=0, d=4]\n")  # the flag adds to the file's; a later key=value wins
+    assert parse(["--config", str(config), *repeated]).loss_option == ["a=0", "d=4", "a=1", "b=2", "c=3"]
+    assert parse(["--config", str(config)]).loss_option == ["a=0", "d=4"]
+    if command == "train":
+        flags = ["--formatter_option", "x=1", "--formatter_option", "y=2", "--retriever_option", "k=1"]
+        args = parse(flags)
+        assert args.formatter_option == ["x=1", "y=2"] and args.retriever_option == ["k=1"]
+
+
+def test_the_bf16_weights_flag_warns_where_bf16_is_emulated(monkeypatch, caplog) -> None:
+    import platform
+
+    import torch
+
+    from rqa.models import warn_if_bf16_is_emulated
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    warn_if_bf16_is_emulated(parse_train_args(["--use_cpu", "true", "--bf16_weights", "true"]))
+    assert "--bf16_weights true on a CPU without bf16 instructions" in caplog.text
+
+
 def test_unknown_config_keys_are_named_with_a_suggestion(tmp_path: Path) -> None:
     config = tmp_path / "run.yaml"
     config.write_text("train_file: t.jsonl\nlearning_rat: 1\n")
