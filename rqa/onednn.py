@@ -2,10 +2,10 @@
 
 PyTorch runs an fp32 ``nn.Linear`` on the CPU as a BLAS call (MKL in its wheels). oneDNN, which PyTorch ships
 too, has its own fp32 kernels, and on some CPUs they are faster for the shapes generation makes (one prompt's
-tokens, or a batch of rows decoding one token each): on a 2-core AMD EPYC a matrix product of 64 tokens by a
-576 × 1536 weight took about 0.8× MKL's time (BENCHMARKS.md, "End-to-end evaluation", has the whole evaluation).
-Which library wins depends on the CPU, so a short measurement on the model's own largest layer decides once per
-process and shape, and ``RQA_CPU_LINEAR=onednn|default`` overrides it.
+tokens, or a batch of rows decoding one token each): on a 2-core AMD EPYC the whole Faire evaluation ran 1.03×
+faster with them, one run each way (BENCHMARKS.md, "End-to-end evaluation"). Which library wins depends on the
+CPU, so a short measurement on the model's own largest layer decides once per process and shape, and
+``RQA_CPU_LINEAR=onednn|default`` overrides it.
 
 Both compute the same fp32 products in another order (differences of a few 1e-5 in the logits), so greedy answers
 can only differ where two tokens are that close; on Faire they are the same.
