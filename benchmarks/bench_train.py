@@ -257,10 +257,8 @@ def load_model(path: str) -> Any:
 
 def rqa_trainer(settings: Settings, output_dir: str, encoded: list[dict[str, Any]], tool: str) -> Any:
     """rqa as ``rqa train`` assembles it: RqaTrainingArguments, its collator choice, answer-ce."""
-    import torch
-
     from rqa.config import RqaTrainingArguments
-    from rqa.models import load_generator, load_tokenizer, save_host_memory, training_collator, training_dtype
+    from rqa.models import load_for_training, load_tokenizer, training_collator
     from rqa.plugins import get_plugins
     from rqa.trainer import RqaTrainer
 
@@ -274,8 +272,7 @@ def rqa_trainer(settings: Settings, output_dir: str, encoded: list[dict[str, Any
         options["gradient_accumulation_steps"] = settings.batch_size
     padding_free = "false" if tool in ("rqa-padded", "rqa-grouped") else "auto"
     args = RqaTrainingArguments(**options, max_seq_length=settings.max_length, padding_free=padding_free)
-    save_host_memory(args)
-    model = load_generator(path, dtype=training_dtype(args) or torch.float32)
+    model = load_for_training(args, path)  # as `rqa train` loads it: the checkpoint is fp32
     return RqaTrainer(
         model=model,
         args=args,

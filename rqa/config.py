@@ -123,6 +123,13 @@ class RqaTrainingArguments(TrainingArguments):
             "can hold still add up. Fast where bf16 is: a GPU, or a CPU with avx512_bf16 or AMX."
         },
     )
+    lean_activations: bool = field(
+        default=True,
+        metadata={
+            "help": "Recompute the elementwise parts of Llama-style RMSNorm and SwiGLU layers in the backward pass "
+            "instead of keeping them: less memory per token, same results (other layers are left as they are)."
+        },
+    )
     e2e_eval: bool = field(
         default=True, metadata={"help": "Run the end-to-end evaluation (retrieve, generate, score)."}
     )

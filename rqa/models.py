@@ -193,6 +193,11 @@ def load_for_training(args: RqaTrainingArguments, path: str) -> Any:
     model = load_generator(path, args.use_flash_attention, dtype=training_dtype(args), log=_log.warning)
     if args.gradient_checkpointing:
         model.config.use_cache = False
+    if args.lean_activations:
+        from rqa.lean_activations import keep_fewer_activations
+
+        if changed := keep_fewer_activations(model):
+            _log.info(f"lean activations: {changed} RMSNorm and SwiGLU layers recompute their elementwise parts")
     if args.lora_r > 0:
         from peft import LoraConfig, get_peft_model
 

@@ -3,7 +3,8 @@
 rqa computes logits only at supervised positions and packs a batch into one row. For each causal-LM family of
 the installed transformers, a tiny random model (``model_families``) checks in fp32 that rqa's answer-only loss
 and gradients equal those of ``model(input_ids, labels=...)`` run on each example alone: for padded batches and
-for the batches rqa really trains on (packed where packing keeps examples apart, padded where it pads instead).
+for the batches rqa really trains on (packed where packing keeps examples apart, padded where it pads instead),
+also with the lean activations rqa trains with (``rqa.lean_activations``).
 One example is longer than every sliding window and attention chunk of the tiny config.
 """
 
@@ -17,6 +18,7 @@ from model_families import WINDOW, causal_lm_families, not_decoder_only, tiny_mo
 
 from rqa.builtin.losses import CrossEntropyLoss
 from rqa.data import IGNORE_INDEX, PackingCollator, PaddingCollator
+from rqa.lean_activations import keep_fewer_activations
 from rqa.packing import choose_collator
 from rqa.trainer import supervised_logits
 
@@ -109,3 +111,5 @@ def test_rqa_loss_and_gradients_equal_the_models_own(model_type: str, caplog: py
         assert len(said) <= 1
     else:
         assert isinstance(collator, PackingCollator)
+    keep_fewer_activations(model)  # as rqa trains it by default: the same loss and gradients
+    assert_same(rqa_loss(model, collator(rows)), expected, f"{type(collator).__name__} batch, lean activations")
