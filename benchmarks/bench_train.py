@@ -50,6 +50,8 @@ TOOLS: dict[str, str] = {
     "rqa-micro-gc": "rqa, one example per forward + gradient checkpointing",
     "rqa-bf16w": "rqa, bf16 weights and AdamW state (--bf16_weights)",
     "rqa-micro-bf16w": "rqa, one example per forward, bf16 weights and AdamW state",
+    "rqa-keep-all": "rqa, defaults but every activation kept (--lean_activations false)",
+    "rqa-micro-bf16w-keep-all": "rqa, one example per forward, bf16 weights, every activation kept",
     "rqa-padded": "rqa, padded batches (--padding_free false)",
     "rqa-grouped": "rqa, padded, group_by_length",
     "trl": "TRL SFTTrainer, prompt-completion",
@@ -57,7 +59,7 @@ TOOLS: dict[str, str] = {
     "localrqa-way": "LocalRQA way (pad to max_length, loss on all)",
 }
 DEFAULT_TOOLS = ["rqa", "rqa-gc", "trl", "trl-padding-free", "localrqa-way"]
-RQA_TOOLS = ("rqa", "rqa-gc", "rqa-micro", "rqa-micro-gc", "rqa-bf16w", "rqa-micro-bf16w", "rqa-padded", "rqa-grouped")
+RQA_TOOLS = tuple(tool for tool in TOOLS if tool.startswith("rqa"))
 BASELINES = ("trl", "trl-padding-free", "localrqa-way")
 ANSWER_LABELS = "bench_answer_labels"  # extra batch key: answer-only labels for tools whose labels cover more
 
@@ -266,7 +268,8 @@ def rqa_trainer(settings: Settings, output_dir: str, encoded: list[dict[str, Any
     tokenizer = load_tokenizer(path)
     options = common_args(settings, output_dir, "group_by_length" if tool == "rqa-grouped" else "sequential")
     options["gradient_checkpointing"] = tool.endswith("-gc")
-    options["bf16_weights"] = tool.endswith("-bf16w")
+    options["bf16_weights"] = "-bf16w" in tool
+    options["lean_activations"] = not tool.endswith("-keep-all")
     if tool.startswith("rqa-micro"):
         options["per_device_train_batch_size"] = 1
         options["gradient_accumulation_steps"] = settings.batch_size
