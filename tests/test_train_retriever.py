@@ -445,3 +445,32 @@ def test_contrastive_options_reach_the_loss_and_wrong_ones_name_the_valid_values
         losses.build("contrastive", {"directions": "doc_to_doc"}, model=model)
     with pytest.raises(ComponentOptionError, match="in_batch_negatives, hard_negatives, all_negatives"):
         losses.build("contrastive", {"hardness_mode": "hardest"}, model=model)
+
+
+def test_a_guide_leaves_out_the_negatives_it_scores_above_the_gold_passage(tiny_embedder):
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.losses import GISTEmbedLoss, MultipleNegativesRankingLoss
+
+    from rqa.errors import ComponentOptionError
+    from rqa.plugins import load_plugins
+
+    model = SentenceTransformer(str(tiny_embedder / "st"))
+    losses = load_plugins()["retriever_losses"]
+    loss = losses.build("contrastive", {"guide": "base", "guide_margin": "0.1"}, model=model)
+    assert loss.guide is not model and not any(p.requires_grad for p in loss.guide.parameters())
+    features = question_gold_negative_batch(model)
+    with torch.no_grad():
+        ours = loss(features, None)
+        same = GISTEmbedLoss(
+            model, model, temperature=0.05, margin=0.1, contrast_anchors=False, contrast_positives=False
+        )(features, None)
+        plain = MultipleNegativesRankingLoss(model, scale=20.0)(features, None)
+        every_negative_out = losses.build("contrastive", {"guide": "base", "guide_margin": "2"}, model=model)
+        left_alone = losses.build("contrastive", {"guide": "base", "guide_margin": "-2"}, model=model)
+        assert torch.isclose(ours, same)
+        # cosine similarities lie within [-1, 1]: a margin of 2 leaves only the gold passage, one of -2 keeps all
+        assert every_negative_out(features, None).item() == pytest.approx(0.0, abs=1e-6)
+        assert torch.isclose(left_alone(features, None), plain)
+    with pytest.raises(ComponentOptionError, match="does not combine with hardness_mode or doc_to_query"):
+        losses.build("contrastive", {"guide": "base", "directions": "query_to_doc;doc_to_query"}, model=model)

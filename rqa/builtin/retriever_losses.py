@@ -22,13 +22,18 @@ def contrastive(
     directions: tuple[str, ...] = ("query_to_doc",),
     hardness_mode: str | None = None,
     hardness_strength: float = 0.0,
+    guide: str | None = None,
+    guide_margin: float = 0.0,
 ) -> Any:
     """InfoNCE over in-batch and hard negatives with a temperature, as LocalRQA's CTL (options: temperature,
-    mini_batch_size, directions, hardness_mode, hardness_strength).
+    mini_batch_size, directions, hardness_mode, hardness_strength, guide, guide_margin).
 
     ``directions`` adds sentence-transformers' other softmax terms (``doc_to_doc`` also pushes a question's gold
     passage away from the batch's other passages, its own hard negatives excepted); ``hardness_mode`` with
-    ``hardness_strength`` raises the weight of the negatives the model already finds similar."""
+    ``hardness_strength`` raises the weight of the negatives the model already finds similar. ``guide`` filters
+    false negatives (GISTEmbed): a negative that a guide model (``base``: a frozen copy of the starting model, or a
+    model name or path) scores above the gold passage minus ``guide_margin`` is left out, since a sibling passage
+    often answers the question too."""
     if not temperature > 0:
         raise ValueError(f"temperature must be above 0, got {temperature}")
     if mini_batch_size < 0:
@@ -41,13 +46,29 @@ def contrastive(
         raise ValueError(f"hardness_mode must be one of {', '.join(HARDNESS_MODES)}, got {hardness_mode!r}")
     if hardness_strength < 0:
         raise ValueError(f"hardness_strength must be 0 or more, got {hardness_strength}")
+    if guide is not None and (hardness_mode is not None or "doc_to_query" in directions):
+        raise ValueError("guide filters query_to_doc, query_to_query and doc_to_doc negatives; it does not combine "
+                         "with hardness_mode or doc_to_query")  # fmt: skip
     from sentence_transformers.sentence_transformer import losses
 
+    gather = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if guide is not None:
+        options = {
+            "guide": _guide_model(model, guide),
+            "temperature": temperature,
+            "margin": guide_margin,
+            "contrast_anchors": "query_to_query" in directions,
+            "contrast_positives": "doc_to_doc" in directions,
+            "gather_across_devices": gather,
+        }
+        if mini_batch_size:
+            return losses.CachedGISTEmbedLoss(model, mini_batch_size=mini_batch_size, **options)
+        return losses.GISTEmbedLoss(model, **options)
     # cosine similarities scaled by 1/temperature, softmax cross-entropy against every passage in the batch, and
     # under several processes (torchrun sets WORLD_SIZE) against every process's passages, gathered
     options = {
         "scale": 1.0 / temperature,
-        "gather_across_devices": int(os.environ.get("WORLD_SIZE", "1")) > 1,
+        "gather_across_devices": gather,
         "directions": tuple(directions),
         "hardness_mode": hardness_mode,
         "hardness_strength": hardness_strength,
@@ -55,6 +76,20 @@ def contrastive(
     if mini_batch_size:  # GradCache: a large batch's negatives in the memory of a mini-batch, for ~20 % more time
         return losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=mini_batch_size, **options)
     return losses.MultipleNegativesRankingLoss(model, **options)
+
+
+def _guide_model(model: Any, guide: str) -> Any:
+    """The frozen model that judges false negatives: a copy of ``model`` as it starts (``base``), or another one."""
+    import copy
+
+    if guide == "base":
+        judge = copy.deepcopy(model)
+    else:
+        from rqa.retriever_training import load_embedder
+
+        judge = load_embedder(guide, None).to(model.device)
+    judge.requires_grad_(False)
+    return judge.eval()
 
 
 def replug(
