@@ -7,8 +7,8 @@ On a CPU two costs dominate:
   against 1.1 ms for one unpadded prompt at a time). So each prompt but its last token is run alone, unpadded,
   and the batch's cache is assembled from the results (``prefilled_cache``).
 * Decoding, bound by memory reads. A batched step reads every weight once for all its rows (each row still
-  reads its own cache), and a preallocated (static) cache spares the copy of every layer's keys and values that
-  the dynamic cache makes at every step.
+  reads its own cache, and only its own span of it: ``rqa.span_attention``), and a preallocated (static) cache
+  spares the copy of every layer's keys and values that the dynamic cache makes at every step.
 
 ``generate`` then starts from the assembled cache: its first step feeds each row's last prompt token, with
 positions taken from the attention mask as usual. Decoding runs in segments of ``DECODE_SEGMENT`` tokens; after

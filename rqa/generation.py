@@ -1,7 +1,8 @@
 """Batched greedy generation for evaluation and the assistant: the same answers as one prompt at a time, faster.
 
 On a GPU, a left-padded batch goes through ``generate`` as it is. On a CPU, each prompt is prefilled alone and
-the batch decodes from the assembled cache, dropping rows whose answer has ended (``rqa.decoding``). Prompts are
+the batch decodes from the assembled cache, dropping rows whose answer has ended (``rqa.decoding``), each row's
+attention reading only its own span of the cache (``rqa.span_attention``). Prompts are
 batched longest first among similar lengths, so padding stays small.
 
 Under several processes (``synced``) every rank makes the same forward and ``generate`` calls in the same order,
@@ -30,6 +31,7 @@ from rqa.decoding import (
     stop_criterion,
 )
 from rqa.onednn import onednn_linears
+from rqa.span_attention import own_span_attention
 
 if TYPE_CHECKING:
     from rqa.signals import StopFlag
@@ -193,7 +195,9 @@ def generate_answers(
     try:
         # sharded weights (synced) are gathered by their own forward: only a lone CPU process swaps kernels
         kernels = onednn_linears(model) if on_cpu and not synced else nullcontext()
-        with torch.inference_mode(), kernels:
+        # decoding from an assembled cache: each row's attention reads its own prompt and answer, not the padding
+        spans = own_span_attention(model) if assemble else nullcontext()
+        with torch.inference_mode(), kernels, spans:
             for batch in batches:
                 checkpoint()
                 if cancelled is not None:
