@@ -190,11 +190,16 @@ def causal_band(length: int, window: int, device: torch.device) -> torch.Tensor:
     return ((distance >= 0) & (distance < window))[None, None]
 
 
-def register_packed_sdpa() -> str:
-    """Make ``PACKED_SDPA`` a valid ``attn_implementation``; padded batches get SDPA's usual masks."""
+def register_sdpa_variant(name: str, forward: Any) -> str:
+    """Make ``name`` a valid ``attn_implementation`` that attends with ``forward`` and gets SDPA's own masks."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention_forward)
-    AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)
-    return PACKED_SDPA
+    AttentionInterface.register(name, forward)
+    AttentionMaskInterface.register(name, sdpa_mask)
+    return name
+
+
+def register_packed_sdpa() -> str:
+    """Make ``PACKED_SDPA`` a valid ``attn_implementation``; padded batches get SDPA's usual masks."""
+    return register_sdpa_variant(PACKED_SDPA, packed_sdpa_attention_forward)

@@ -116,26 +116,16 @@ def span_sdpa_attention_forward(
     return torch.cat(outputs), None  # (batch, 1, heads, head_dim), as SDPA returns it
 
 
-def register_span_sdpa() -> str:
-    """Make ``SPAN_SDPA`` a valid ``attn_implementation``, with SDPA's own masks."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(SPAN_SDPA, span_sdpa_attention_forward)
-    AttentionMaskInterface.register(SPAN_SDPA, sdpa_mask)
-    return SPAN_SDPA
-
-
 @contextmanager
 def own_span_attention(model: Any) -> Iterator[bool]:
     """Decode with each row reading its own span, where the model attends with SDPA (yields whether it does)."""
-    from rqa.attention import PACKED_SDPA
+    from rqa.attention import PACKED_SDPA, register_sdpa_variant
 
     current = getattr(model.config, "_attn_implementation", None)
     if current not in ("sdpa", PACKED_SDPA) or not hasattr(model, "set_attn_implementation"):
         yield False
         return
-    model.set_attn_implementation(register_span_sdpa())
+    model.set_attn_implementation(register_sdpa_variant(SPAN_SDPA, span_sdpa_attention_forward))
     try:
         yield True
     finally:

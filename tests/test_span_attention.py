@@ -74,7 +74,7 @@ def test_other_attention_implementations_are_left_alone() -> None:
 
 
 @pytest.mark.parametrize("family", ["qwen2", "mistral"])
-def test_other_llama_like_families_answer_the_same(family: str, monkeypatch) -> None:
+def test_other_llama_like_families_answer_the_same(family: str) -> None:
     from rqa.generation import generate_answers
 
     tokenizer = embedded_tokenizer()
