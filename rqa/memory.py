@@ -1,30 +1,78 @@
 """Keep a CPU training run's resident memory close to what its tensors need.
 
-glibc serves large allocations with ``mmap`` only above a threshold that it raises each time such a block is
-freed, up to 32 MiB; after the first training step most activations land in the heap instead, where freed
-blocks stay resident and fragment, so the process's peak RSS grows well past its live tensors. Fixing the
-threshold (which also stops glibc from moving it) returns every freed activation to the system.
+Three things grow a CPU process past its live tensors, each with its own remedy here:
+
+- glibc serves large allocations with ``mmap`` only above a threshold that it raises each time such a block is
+  freed, up to 32 MiB; after the first training step most activations land in the heap instead, where freed
+  blocks stay resident and fragment. Fixing the threshold returns every freed activation to the system.
+- Smaller freed blocks (a one-example micro-batch's activations are mostly under a megabyte) fragment the heap
+  as sequence lengths change; ``malloc_trim`` after each forward/backward gives their pages back.
+- oneDNN, which runs bf16 matrix products on a CPU, and PyTorch's layer above it (ideep) each cache up to 1024
+  compiled kernels, a set per input shape. Padding-free batches bring a new shape with nearly every batch, so
+  without a bound the caches grow by megabytes a step for the whole run.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
+from typing import Any
+
+from transformers import TrainerCallback
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 THRESHOLD_BYTES = 1 << 20
+KERNEL_CACHES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")  # oneDNN's, ideep's
+KERNEL_CACHE_ENTRIES = 128  # more than one batch's forward and backward use: every cache hit within a batch stays
+
+
+def glibc() -> Any:
+    """The C library where it is glibc (it has ``mallopt`` and ``malloc_trim``), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
 
 
 def return_large_blocks_to_the_system(threshold_bytes: int = THRESHOLD_BYTES) -> bool:
     """Serve allocations above ``threshold_bytes`` with mmap for the rest of the process; False where not glibc."""
-    if not sys.platform.startswith("linux"):
+    libc = glibc()
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold_bytes)) if libc is not None else False
+
+
+def give_freed_pages_back() -> bool:
+    """Return the free pages inside the heap to the system (``malloc_trim``); False where not glibc."""
+    libc = glibc()
+    if libc is None:
         return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold_bytes))
-    except (OSError, AttributeError):  # another C library (musl has no mallopt)
-        return False
+    libc.malloc_trim(0)
+    return True
+
+
+def bound_kernel_caches(entries: int = KERNEL_CACHE_ENTRIES) -> dict[str, str]:
+    """Bound oneDNN's and ideep's kernel caches, keeping any value the user set; returns the settings in force.
+
+    Both read their capacity once, when the process first runs a oneDNN product: call this before.
+    """
+    for name in KERNEL_CACHES:
+        os.environ.setdefault(name, str(entries))
+    return {name: os.environ[name] for name in KERNEL_CACHES}
+
+
+class GiveFreedPagesBack(TrainerCallback):
+    """``malloc_trim`` after every forward/backward pass and optimizer step, so that the heap's freed fragments do
+    not stay resident into the next one. It costs time (the pages fault back in when reused): for memory modes."""
+
+    def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        give_freed_pages_back()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        give_freed_pages_back()

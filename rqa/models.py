@@ -162,9 +162,12 @@ def load_generator(
 
 
 def save_host_memory(args: RqaTrainingArguments) -> None:
-    """With gradient checkpointing, asked for to save memory, also give freed activations back to the system."""
-    from rqa.memory import return_large_blocks_to_the_system
+    """On a CPU, bound oneDNN's kernel caches (before the first product reads them); with gradient checkpointing,
+    asked for to save memory, also give freed activations back to the system."""
+    from rqa.memory import bound_kernel_caches, return_large_blocks_to_the_system
 
+    if args.device.type == "cpu":
+        bound_kernel_caches()
     if args.gradient_checkpointing and return_large_blocks_to_the_system():
         _log.info("gradient checkpointing: freed activations go back to the system (lower peak memory)")
 

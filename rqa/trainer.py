@@ -63,6 +63,11 @@ class RqaTrainer(Trainer):
         super().__init__(*args, compute_loss_func=loss, **kwargs)
         self.loss = loss
         self.e2e_evaluator = e2e_evaluator
+        if getattr(self.args, "bf16_weights", False) and self.args.device.type == "cpu":
+            from rqa.memory import GiveFreedPagesBack, glibc
+
+            if glibc() is not None:  # --bf16_weights is the memory mode: heap fragments go back after each pass
+                self.add_callback(GiveFreedPagesBack())
 
     def compute_loss(
         self,
