@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 from typing import Any
@@ -28,18 +29,22 @@ KERNEL_CACHES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")  # one
 KERNEL_CACHE_ENTRIES = 128  # more than one batch's forward and backward use: every cache hit within a batch stays
 
 
-def glibc() -> Any:
-    """The C library where it is glibc (it has ``mallopt`` and ``malloc_trim``), else None."""
-    if not sys.platform.startswith("linux"):
-        return None
+@functools.cache
+def _c_library() -> Any:
+    """Loaded once: ``find_library`` runs ``ldconfig``, too slow for a call after every forward/backward pass."""
     name = ctypes.util.find_library("c")
     if name is None:
         return None
     try:
         libc = ctypes.CDLL(name)
-        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
     except OSError:
         return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+def glibc() -> Any:
+    """The C library where it is glibc (it has ``mallopt`` and ``malloc_trim``), else None."""
+    return _c_library() if sys.platform.startswith("linux") else None
 
 
 def return_large_blocks_to_the_system(threshold_bytes: int = THRESHOLD_BYTES) -> bool:
