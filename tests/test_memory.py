@@ -1,24 +1,35 @@
-"""Returning freed large blocks to the system: the setting takes effect where glibc is the C library."""
+"""Host memory settings: freed blocks and heap fragments go back to the system, kernel caches stay bounded."""
 
 from __future__ import annotations
 
 import ctypes.util
+import subprocess
 import sys
 
 import pytest
 
 from rqa.memory import bound_kernel_caches, return_large_blocks_to_the_system
 
+needs_glibc = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or ctypes.util.find_library("c") is None, reason="glibc"
+)
+RSS = "def rss(): return int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1])\n"
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or ctypes.util.find_library("c") is None, reason="glibc")
+
+def kilobytes_on_and_off(script: str) -> dict[str, int]:
+    """The number (kB) ``script`` prints, run in a fresh process with the setting ``on`` and ``off``
+    (``sys.argv[1]``): a process's resident memory is only comparable between separate processes."""
+    run = [sys.executable, "-c", script]
+    return {mode: int(subprocess.check_output([*run, mode], text=True)) for mode in ("on", "off")}
+
+
+@needs_glibc
 def test_large_freed_blocks_leave_the_process() -> None:
-    import subprocess
-
     script = (
         "import sys, numpy as np\n"
         "from rqa.memory import return_large_blocks_to_the_system\n"
         "if sys.argv[1] == 'on': assert return_large_blocks_to_the_system()\n"
-        "def rss(): return int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1])\n"
+        f"{RSS}"
         "big = np.ones(4_000_000)\n"
         "del big  # freeing 32 MB raises glibc's own threshold to 32 MB\n"
         "blocks = [np.ones(2_000_000) for _ in range(40)]  # 16 MB each\n"
@@ -26,9 +37,7 @@ def test_large_freed_blocks_leave_the_process() -> None:
         "del blocks  # 35 freed blocks lie between kept ones: the heap cannot shrink past them\n"
         "print(rss())\n"
     )
-    rss = {
-        mode: int(subprocess.check_output([sys.executable, "-c", script, mode], text=True)) for mode in ("on", "off")
-    }
+    rss = kilobytes_on_and_off(script)
     assert rss["on"] < rss["off"] - 200_000, rss  # kB: the 640 MB of freed blocks stayed resident without it
 
 
@@ -37,14 +46,12 @@ def test_elsewhere_it_reports_that_nothing_changed(monkeypatch: pytest.MonkeyPat
     assert return_large_blocks_to_the_system() is False
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or ctypes.util.find_library("c") is None, reason="glibc")
+@needs_glibc
 def test_trimming_gives_back_the_heaps_freed_fragments() -> None:
-    import subprocess
-
     script = (
         "import sys, numpy as np\n"
         "from rqa.memory import give_freed_pages_back\n"
-        "def rss(): return int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1])\n"
+        f"{RSS}"
         "big = np.ones(4_000_000)\n"
         "del big  # raises glibc's mmap threshold to 32 MB: what follows lives in the heap\n"
         "blocks = [np.ones(60_000) for _ in range(1000)]  # 480 kB each, the size of a micro-batch's activations\n"
@@ -53,9 +60,7 @@ def test_trimming_gives_back_the_heaps_freed_fragments() -> None:
         "if sys.argv[1] == 'on': assert give_freed_pages_back()\n"
         "print(rss())\n"
     )
-    rss = {
-        mode: int(subprocess.check_output([sys.executable, "-c", script, mode], text=True)) for mode in ("on", "off")
-    }
+    rss = kilobytes_on_and_off(script)
     assert rss["on"] < rss["off"] - 200_000, rss  # kB: the 420 MB of freed fragments stayed resident without it
 
 
@@ -68,14 +73,12 @@ def test_kernel_caches_are_bounded_unless_the_user_chose(monkeypatch: pytest.Mon
 def test_bounded_kernel_caches_keep_bf16_training_memory_flat_over_new_shapes() -> None:
     """Every new sequence length compiles new oneDNN kernels for a bf16 linear's forward and backward: unbounded,
     the caches keep them all."""
-    import subprocess
-
     script = (
         "import sys\n"
         "from rqa.memory import bound_kernel_caches\n"
         "if sys.argv[1] == 'on': bound_kernel_caches(16)\n"
         "import torch\n"
-        "def rss(): return int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1])\n"
+        f"{RSS}"
         "layer = torch.nn.Linear(576, 1536, dtype=torch.bfloat16)\n"
         "def step(n): layer(torch.randn(1, n, 576, dtype=torch.bfloat16, requires_grad=True)).sum().backward()\n"
         "for n in range(64, 96): step(n)\n"
@@ -83,7 +86,5 @@ def test_bounded_kernel_caches_keep_bf16_training_memory_flat_over_new_shapes() 
         "for n in range(96, 400): step(n)\n"
         "print(rss() - start)\n"
     )
-    growth = {
-        mode: int(subprocess.check_output([sys.executable, "-c", script, mode], text=True)) for mode in ("on", "off")
-    }
+    growth = kilobytes_on_and_off(script)
     assert growth["on"] < growth["off"] / 2, growth  # kB
