@@ -21,6 +21,8 @@ from rqa.schema import Document, Example, read_documents
 log = logging.getLogger("rqa")
 # given by the command when it builds a component, never by the user: ``model`` is the embedder a retriever loss trains
 RUNTIME_CONTEXT = frozenset({"tokenizer", "embedding_model", "top_k", "model"})
+# the same for one kind only: how that embedder reads passages is ``--embed_urls`` (a retriever's own option)
+KIND_CONTEXT = {"retriever_losses": frozenset({"embed_urls"})}
 
 
 @dataclass
@@ -44,7 +46,8 @@ def choose(
     name, options = parse_component_spec(spec, list(option_pairs))
     component = get_plugins()[kind].get(name)
     merged = {**{k: v for k, v in defaults.items() if v is not None}, **options}
-    typed = validate_options(component, merged, context=RUNTIME_CONTEXT)  # rqa_args.json keeps 0.1, not "0.1"
+    context = RUNTIME_CONTEXT | KIND_CONTEXT.get(kind, frozenset())
+    typed = validate_options(component, merged, context=context)  # rqa_args.json keeps 0.1, not "0.1"
     choice = ComponentChoice(kind, name, typed)
     if probe is not None:
         choice.build(**probe)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from rqa.data import PaddingCollator
+from rqa.retrieval import passage_text
 from rqa.schema import Document, Example
 
 log = logging.getLogger("rqa")
@@ -102,9 +103,11 @@ class ReplugLoss(nn.Module):
         lm_temperature: float,
         retrieve_temperature: float,
         refresh_steps: int,
+        embed_urls: bool = True,
     ) -> None:
         super().__init__()
         self.model = model
+        self.embed_urls = embed_urls  # passages are read as every retriever built with the trained model reads them
         self.likelihood = likelihood
         self.num_docs, self.refresh_steps = num_docs, refresh_steps
         self.lm_temperature, self.retrieve_temperature = lm_temperature, retrieve_temperature
@@ -125,7 +128,7 @@ class ReplugLoss(nn.Module):
         from rqa.retrieval import DenseFaissRetriever
 
         began = time.perf_counter()
-        retriever = DenseFaissRetriever.in_memory(model, self.documents)
+        retriever = DenseFaissRetriever.in_memory(model, self.documents, embed_urls=self.embed_urls)
         hits = retriever.retrieve([e.question for e in self.examples], self.num_docs)
         self.candidates = [with_gold(example, [d for d, _ in ranked], self.num_docs) for example, ranked in
                            zip(self.examples, hits, strict=True)]  # fmt: skip
@@ -136,7 +139,8 @@ class ReplugLoss(nn.Module):
         keys = [int(k) for k in labels.tolist()]
         passages = [self.candidates[k] for k in keys]
         queries = self.model(sentence_features[0])["sentence_embedding"]
-        tokenized = self.model.tokenize([d.text for documents in passages for d in documents])
+        texts = [passage_text(d, self.embed_urls) for documents in passages for d in documents]
+        tokenized = self.model.tokenize(texts)
         tokenized = {k: v.to(queries.device) if isinstance(v, torch.Tensor) else v for k, v in tokenized.items()}
         keys_embedded = self.model(tokenized)["sentence_embedding"].view(len(keys), self.num_docs, -1)
         similarity = torch.cosine_similarity(queries.unsqueeze(1), keys_embedded, dim=-1)

@@ -3,11 +3,18 @@
 The index directory (``index.faiss`` plus the manifest: embedding model by name and by content, prefixes,
 normalisation, document count, content fingerprint) follows ``rqa.indexing``: reused only when it matches,
 built atomically.
+
+What the embedder reads of a passage is its text (``fmt_content``), or that text without its URLs
+(``embed_urls=False``): to an embedding model a URL is an opaque string of ids, and every chunk of an article
+carries the same source URL. A model folder written by ``rqa train-retriever`` records which of the two it was
+trained on (``rqa_retriever.json``), and every retriever built with it reads passages the same way.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,8 +27,34 @@ from rqa.schema import Document, fingerprint_documents
 
 __all__ = ["INDEX_FILE", "MANIFEST", "DenseFaissRetriever", "Hit", "IndexMismatchError", "Rebuild"]
 INDEX_FILE = "index.faiss"
+MODEL_SETTINGS = "rqa_retriever.json"  # in a model folder: how the model reads passages
 Hit = tuple[Document, float]
 log = logging.getLogger("rqa")
+_URL = re.compile(r"https?://\S+")
+
+
+def passage_text(document: Document, embed_urls: bool = True) -> str:
+    """What an embedder reads of ``document``: its text, with its URLs left out unless ``embed_urls``."""
+    return document.text if embed_urls else _URL.sub("", document.text)
+
+
+def recorded_embed_urls(model_path: str) -> bool | None:
+    """The ``embed_urls`` a model folder was trained with (``rqa train-retriever`` records it); None if unknown."""
+    settings = Path(model_path) / MODEL_SETTINGS
+    if not settings.is_file():
+        return None
+    try:
+        value = json.loads(settings.read_text()).get("embed_urls")
+    except (OSError, ValueError, AttributeError) as error:
+        raise RqaError(f"{settings}: not a JSON object of rqa retriever settings ({error})") from None
+    if not isinstance(value, bool):
+        raise RqaError(f"{settings}: 'embed_urls' must be true or false, got {value!r}")
+    return value
+
+
+def record_embed_urls(model_dir: Path, embed_urls: bool) -> None:
+    """Record in a saved model folder how it reads passages, so that every index built with it reads them alike."""
+    (model_dir / MODEL_SETTINGS).write_text(json.dumps({"embed_urls": embed_urls}) + "\n")
 
 
 class DenseFaissRetriever(IndexedRetriever):
@@ -39,10 +72,14 @@ class DenseFaissRetriever(IndexedRetriever):
         normalize: bool = True,
         device: str | None = None,
         encoder: Any = None,
+        embed_urls: bool | None = None,
     ) -> None:
         """``encoder``: an already loaded SentenceTransformer used as it is (``rqa train-retriever`` evaluates the
-        model it is training this way, indexing in memory with ``index``); else ``embedding_model`` is loaded."""
+        model it is training this way, indexing in memory with ``index``); else ``embedding_model`` is loaded.
+        ``embed_urls``: whether passages are embedded with their URLs; None: as the model folder records, else
+        yes."""
         super().__init__()
+        self._embed_urls = embed_urls
         self.name, self.embedding_model = name, embedding_model
         self.query_prefix, self.passage_prefix = query_prefix, passage_prefix
         self.batch_size, self.normalize, self.device = batch_size, normalize, device
@@ -51,10 +88,12 @@ class DenseFaissRetriever(IndexedRetriever):
         self._loaded_fingerprint: str | None = None  # the model the loaded index's vectors came from
 
     @classmethod
-    def in_memory(cls, encoder: Any, documents: Sequence[Document], progress: bool = False) -> DenseFaissRetriever:
+    def in_memory(
+        cls, encoder: Any, documents: Sequence[Document], progress: bool = False, embed_urls: bool = True
+    ) -> DenseFaissRetriever:
         """An index of ``documents`` held in memory, made with an already loaded model (one in training): no
         folder and no manifest, so nothing identifies the model by its files."""
-        retriever = cls("dense-faiss", "model in training", encoder=encoder)
+        retriever = cls("dense-faiss", "model in training", encoder=encoder, embed_urls=embed_urls)
         retriever.documents = list(documents)
         retriever.index(retriever.documents, progress=progress)
         return retriever
@@ -78,6 +117,15 @@ class DenseFaissRetriever(IndexedRetriever):
                     now,
                 )
         return self._encoder
+
+    @property
+    def embed_urls(self) -> bool:
+        if self._embed_urls is None:
+            from rqa.models import resolve_embedder
+
+            recorded = recorded_embed_urls(resolve_embedder(self.embedding_model))
+            self._embed_urls = True if recorded is None else recorded
+        return self._embed_urls
 
     def model_fingerprint(self) -> str:
         """The embedding model by content: its files' hash, or a Hub id's commit (see ``model_fingerprint``)."""
@@ -127,6 +175,7 @@ class DenseFaissRetriever(IndexedRetriever):
             "query_prefix": self.query_prefix,
             "passage_prefix": self.passage_prefix,
             "normalize": self.normalize,
+            "embed_urls": self.embed_urls,
             "num_documents": len(documents),
             "fingerprint": fingerprint_documents(list(documents)),
         }
@@ -142,7 +191,8 @@ class DenseFaissRetriever(IndexedRetriever):
         import faiss
 
         self._loaded_fingerprint = None  # the vectors about to be made are checked by the manifest itself
-        vectors = self.encode([self.passage_prefix + d.text for d in documents], progress=progress)
+        texts = [self.passage_prefix + passage_text(d, self.embed_urls) for d in documents]
+        vectors = self.encode(texts, progress=progress)
         self.faiss_index = faiss.IndexFlatIP(vectors.shape[1])
         self.faiss_index.add(vectors)
 

@@ -92,6 +92,14 @@ class RqaRetrieverTrainingArguments(SentenceTransformerTrainingArguments):
             "copy of a gold passage) as hard negatives. 0: only the records' hard_neg_docs."
         },
     )
+    embed_urls: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Embed passages with the URLs in their text (false: without; a URL is an opaque string of ids "
+            "to an embedder, and all chunks of an article share one). The trained model records it, and every "
+            "index built with it reads passages the same way. Default: as the starting model records, else true."
+        },
+    )
     max_seq_length: int | None = field(
         default=None,
         metadata={

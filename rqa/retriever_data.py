@@ -15,6 +15,7 @@ from functools import partial
 from typing import Any
 
 from rqa.errors import DataError, RqaError
+from rqa.retrieval import passage_text
 from rqa.schema import Document, Example
 
 log = logging.getLogger("rqa")
@@ -78,7 +79,7 @@ def select_negatives(
 
 
 def mine_hard_negatives(
-    examples: Sequence[Example], documents: Sequence[Document], encoder: Any, count: int
+    examples: Sequence[Example], documents: Sequence[Document], encoder: Any, count: int, embed_urls: bool = True
 ) -> list[Example]:
     """Each example with up to ``count`` more hard negatives: the passages ``encoder`` ranks highest for its question
     that are neither gold nor a copy of a gold passage, after the record's own ``hard_neg_docs``.
@@ -86,11 +87,11 @@ def mine_hard_negatives(
     sentence-transformers' ``mine_hard_negatives`` knows one positive per row; a question here may have several
     gold passages, and a database may hold a gold passage twice under different titles, so rqa filters itself.
     """
-    from rqa.retrieval import DenseFaissRetriever
+    from rqa.retrieval import DenseFaissRetriever  # faiss loads with it
 
     if count <= 0 or not examples:
         return list(examples)
-    retriever = DenseFaissRetriever.in_memory(encoder, documents)
+    retriever = DenseFaissRetriever.in_memory(encoder, documents, embed_urls=embed_urls)
     depth = count + max(len(e.gold_docs) for e in examples) + 8  # room for gold passages and their copies
     hits = retriever.retrieve([e.question for e in examples], depth)
     mined: list[Example] = []
@@ -103,12 +104,13 @@ def mine_hard_negatives(
 
 
 def training_rows(
-    examples: Sequence[Example], hard_neg_ratio: float, seed: int, negatives_per_row: int = 1
+    examples: Sequence[Example], hard_neg_ratio: float, seed: int, negatives_per_row: int = 1, embed_urls: bool = True
 ) -> dict[int, list[dict[str, str]]]:
     """Training rows grouped by how many hard negatives they carry: one row per gold passage, as LocalRQA flattens
     the data; ``hard_neg_ratio`` of the questions (those with hard negatives, chosen at random) carry up to
     ``negatives_per_row`` of them, drawn at random, in columns ``negative`` (one) or ``negative_1``… (several), as
-    sentence-transformers' own hard-negative datasets name them."""
+    sentence-transformers' own hard-negative datasets name them. Passages are read as the trained model's
+    retrievers will read them (``embed_urls``)."""
     check_hard_negatives(examples)
     rng = random.Random(seed)
     eligible = [i for i, e in enumerate(examples) if e.hard_neg_docs]
@@ -117,10 +119,11 @@ def training_rows(
     groups: dict[int, list[dict[str, str]]] = {}
     for index, example in enumerate(examples):
         pool = example.hard_neg_docs if index in chosen else ()
-        negatives = [n.text for n in rng.sample(pool, min(negatives_per_row, len(pool)))]
+        negatives = [passage_text(n, embed_urls) for n in rng.sample(pool, min(negatives_per_row, len(pool)))]
         names = ["negative"] if len(negatives) == 1 else [f"negative_{i}" for i in range(1, len(negatives) + 1)]
         for gold in example.gold_docs:
-            row = {"anchor": example.question, "positive": gold.text, **dict(zip(names, negatives, strict=True))}
+            positive = passage_text(gold, embed_urls)
+            row = {"anchor": example.question, "positive": positive, **dict(zip(names, negatives, strict=True))}
             groups.setdefault(len(negatives), []).append(row)
     return dict(sorted(groups.items(), reverse=True))
 

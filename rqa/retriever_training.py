@@ -21,6 +21,7 @@ from transformers import TrainerCallback
 from rqa.contracts import SupportsRefresh, SupportsTrainingData
 from rqa.errors import RqaError
 from rqa.evaluation import prediction_row, score_rows, write_results
+from rqa.retrieval import record_embed_urls
 from rqa.retriever_data import (
     check_gold_in_database,
     check_hard_negatives,
@@ -84,10 +85,11 @@ class DatabaseRetrievalEvaluator(SentenceEvaluator):
         top_k: int,
         metrics: dict[str, Any],
         quiet: bool = False,
+        embed_urls: bool = True,
     ) -> None:
         super().__init__()
         self.examples, self.documents, self.top_k, self.metrics = list(examples), list(documents), top_k, metrics
-        self.quiet = quiet
+        self.quiet, self.embed_urls = quiet, embed_urls
         self.primary_metric = f"retr/recall@{top_k}"
         self.greater_is_better = True
 
@@ -101,7 +103,7 @@ class DatabaseRetrievalEvaluator(SentenceEvaluator):
         from rqa.retrieval import DenseFaissRetriever
 
         with quiet_progress(self.quiet):  # a bar while the database is embedded, on a terminal only
-            retriever = DenseFaissRetriever.in_memory(model, self.documents, progress=True)
+            retriever = DenseFaissRetriever.in_memory(model, self.documents, True, self.embed_urls)
         start = time.perf_counter()
         hits = retriever.retrieve([e.question for e in self.examples], self.top_k)
         per_question = (time.perf_counter() - start) / max(len(self.examples), 1)
@@ -182,17 +184,21 @@ def run_retriever_training(args: RqaRetrieverTrainingArguments, console: Any = N
     model = load_embedder(args.model_name_or_path, args.pooling_type)
     if args.max_seq_length is not None:
         set_max_seq_length(model, args.max_seq_length)
-    loss = loss_choice.build(model=model)
-    dataset = _training_data(args, loss, train, documents, model)
+    embed_urls = settle_embed_urls(args)
+    loss = loss_choice.build(model=model, embed_urls=embed_urls)
+    dataset = _training_data(args, loss, train, documents, model, embed_urls)
     quiet = bool(args.disable_tqdm)
-    evaluator = DatabaseRetrievalEvaluator(evaluation, documents, args.top_k, metrics, quiet) if evaluation else None
+    evaluator = None
+    if evaluation:
+        evaluator = DatabaseRetrievalEvaluator(evaluation, documents, args.top_k, metrics, quiet, embed_urls)
     if evaluator is None:
         args.eval_strategy = IntervalStrategy.NO
         args.eval_on_start = False
         args.load_best_model_at_end = False
     output_dir = Path(args.output_dir)
     stop = StopOnSignal()
-    callbacks = [stop] + ([RefreshCallback(loss)] if isinstance(loss, SupportsRefresh) else [])
+    callbacks = [stop, RecordEmbedUrls(embed_urls)]
+    callbacks += [RefreshCallback(loss)] if isinstance(loss, SupportsRefresh) else []
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=dataset, loss=loss, evaluator=evaluator, callbacks=callbacks
     )
@@ -207,13 +213,15 @@ def run_retriever_training(args: RqaRetrieverTrainingArguments, console: Any = N
         stop.restore()
         raise RqaError(f"stopped by {stop.received} before training began; nothing was saved") from None
     results = save_trained(trainer, stop, output_dir)
+    if trainer.is_world_process_zero():
+        record_embed_urls(output_dir, embed_urls)
     if (output_dir / "eval").is_dir():
         results["eval"] = output_dir / "eval"
     if not trainer.is_world_process_zero():
         return {}  # the main process predicts and reports
     test_scores = None
     if test:
-        tester = DatabaseRetrievalEvaluator(test, documents, args.top_k, metrics, quiet)
+        tester = DatabaseRetrievalEvaluator(test, documents, args.top_k, metrics, quiet, embed_urls)
         test_scores = tester.score(trainer.model, "test", output_dir)
         results.update(record_test_scores(trainer, test_scores, output_dir))
     _report(args, trainer, metrics, test_scores, results, console)
@@ -248,7 +256,7 @@ def _report(
 
 
 def _training_data(
-    args: RqaRetrieverTrainingArguments, loss: Any, train: list[Example], documents: Any, model: Any
+    args: RqaRetrieverTrainingArguments, loss: Any, train: list[Example], documents: Any, model: Any, embed_urls: bool
 ) -> Any:
     """The loss's own rows where it makes them (``SupportsTrainingData``), else question/gold pairs with a share of
     hard negatives, mined first with ``--mine_hard_negatives``."""
@@ -256,13 +264,37 @@ def _training_data(
         return loss.training_data(train, documents)
     if args.mine_hard_negatives:
         began = time.perf_counter()
-        train = mine_hard_negatives(train, documents, model, args.mine_hard_negatives)
+        train = mine_hard_negatives(train, documents, model, args.mine_hard_negatives, embed_urls)
         log.info("mined up to %d hard negatives per question in %.0f s", args.mine_hard_negatives,
                  time.perf_counter() - began)  # fmt: skip
-    groups = training_rows(train, args.hard_neg_ratio, args.seed, args.negatives_per_row)
+    groups = training_rows(train, args.hard_neg_ratio, args.seed, args.negatives_per_row, embed_urls)
     log.info("%d training rows; by hard negatives carried: %s", sum(map(len, groups.values())),
              ", ".join(f"{count}: {len(rows)}" for count, rows in groups.items()))  # fmt: skip
     return training_dataset(groups)
+
+
+def settle_embed_urls(args: RqaRetrieverTrainingArguments) -> bool:
+    """``--embed_urls``, else what the starting model folder records (a model trained further), else true."""
+    from rqa.models import resolve_embedder
+    from rqa.retrieval import recorded_embed_urls
+
+    if args.embed_urls is not None:
+        return args.embed_urls
+    recorded = recorded_embed_urls(resolve_embedder(args.model_name_or_path))
+    return True if recorded is None else recorded
+
+
+class RecordEmbedUrls(TrainerCallback):
+    """Each checkpoint folder is a model too (``--embedding_model runs/retriever/checkpoint-N``): it records how it
+    reads passages as the final folder does."""
+
+    def __init__(self, embed_urls: bool) -> None:
+        self.embed_urls = embed_urls
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and checkpoint.is_dir():
+            record_embed_urls(checkpoint, self.embed_urls)
 
 
 class RefreshCallback(TrainerCallback):

@@ -797,3 +797,50 @@ def test_a_model_changed_between_reuse_and_first_query_is_reported(
     with caplog.at_level("WARNING", logger="rqa"):
         reused.retrieve(["Which is the biggest planet?"], 1)
     assert "changed after its index was checked" in caplog.text
+
+
+# ---------------------------------------------------------------- what the embedder reads
+
+
+def with_source(document_: Document, url: str) -> Document:
+    return replace(document_, fmt_content=f"Source: {url}\n{document_.fmt_content}")
+
+
+def test_passages_can_be_embedded_without_their_urls(tmp_path: Path, make_retriever: MakeRetriever) -> None:
+    documents = [with_source(d, f"https://help.example.com/articles/{i}") for i, d in enumerate(make_documents())]
+    index_dir = tmp_path / "index"
+    default, counter = make_retriever()
+    default.build(documents, index_dir)
+    assert read_manifest(index_dir)["embed_urls"] is True
+    assert all("https://help.example.com" in text for text in counter.calls[0])
+
+    without, counter = make_retriever(embed_urls=False)
+    assert without.build(documents, index_dir) is True  # the index read the URLs: rebuilt
+    assert counter.calls[0][0] == "Source: \nTitle: Kettle care\nContent: " + TOPICS[0][1]
+    assert not any("http" in text for text in counter.calls[0])
+    assert read_manifest(index_dir)["embed_urls"] is False
+    hits = without.retrieve(["How do I get rid of the chalky build-up inside my kettle?"], 1)
+    assert hits[0][0][0].fmt_content.startswith("Source: https://help.example.com/articles/0")  # what is returned
+    assert "embed_urls" in (default.try_load(index_dir, default.manifest(documents)) or "")
+
+
+def test_a_model_folder_records_how_it_reads_passages(tmp_path: Path) -> None:
+    from rqa.retrieval import record_embed_urls
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    assert DenseFaissRetriever("dense-faiss", str(folder)).embed_urls is True  # nothing recorded
+    record_embed_urls(folder, False)
+    assert DenseFaissRetriever("dense-faiss", str(folder)).embed_urls is False
+    assert DenseFaissRetriever("dense-faiss", str(folder), embed_urls=True).embed_urls is True  # asked for
+    (folder / "rqa_retriever.json").write_text('{"embed_urls": "no"}')
+    with pytest.raises(RqaError, match=r"rqa_retriever.json: 'embed_urls' must be true or false"):
+        _ = DenseFaissRetriever("dense-faiss", str(folder)).embed_urls
+
+
+def test_embed_urls_is_a_retriever_option() -> None:
+    from rqa.pipeline import choose
+
+    choice = choose("retrievers", "e5-faiss", ["embed_urls=false"])
+    assert choice.options == {"embed_urls": False}
+    assert choice.build().embed_urls is False

@@ -275,6 +275,35 @@ def test_rows_carry_up_to_negatives_per_row_grouped_by_how_many():
     assert list(one) == [1] and list(training_dataset(one).column_names) == ["anchor", "positive", "negative"]
 
 
+def test_without_urls_the_rows_the_checkpoints_and_the_model_read_passages_alike(tiny_embedder, tmp_path):
+    from rqa.retrieval import DenseFaissRetriever
+    from rqa.retriever_data import training_rows
+    from rqa.schema import read_examples
+
+    examples = read_examples(EXAMPLE / "train_w_qa.jsonl")
+    rows = [row for group in training_rows(examples, 1.0, 0, embed_urls=False).values() for row in group]
+    assert not any("http" in row["positive"] + row.get("negative", "") for row in rows)
+    assert any("http" in row["positive"] for group in training_rows(examples, 1.0, 0).values() for row in group)
+
+    out = tmp_path / "run"
+    code = run(
+        *("--model_name_or_path", str(tiny_embedder / "st"), "--embed_urls", "false"),
+        *("--train_file", str(EXAMPLE / "train_w_qa.jsonl"), "--eval_file", str(EXAMPLE / "eval_w_qa.jsonl")),
+        *("--full_dataset_file_path", str(EXAMPLE / "documents.jsonl"), "--output_dir", str(out)),
+        *("--max_steps", "1", "--eval_steps", "1", "--save_steps", "1", "--report_to", "none"),
+    )
+    assert code == 0
+    for folder in (out, out / "checkpoint-1"):
+        assert DenseFaissRetriever("dense-faiss", str(folder)).embed_urls is False, folder
+    # training further from it keeps reading passages without URLs, unless asked otherwise
+    from rqa.retriever_config import parse_retriever_args
+    from rqa.retriever_training import settle_embed_urls
+
+    assert settle_embed_urls(parse_retriever_args(["--model_name_or_path", str(out)])) is False
+    asked = parse_retriever_args(["--model_name_or_path", str(out), "--embed_urls", "true"])
+    assert settle_embed_urls(asked) is True
+
+
 def test_gold_passage_missing_from_the_database_names_file_and_line(tmp_path, capsys):
     rows = example_rows()
     rows[3]["gold_docs"][0]["page_content"] = "A passage that the database does not hold."

@@ -102,6 +102,7 @@ def replug(
     refresh_steps: int = 50,
     max_seq_length: int = 1024,
     batch_size: int = 8,
+    embed_urls: bool = True,
 ) -> Any:
     """Distil the generator's likelihood of the gold answer over retrieved passages into the retriever (REPLUG, RPG)."""
     for name, value in (("lm_temperature", lm_temperature), ("retrieve_temperature", retrieve_temperature)):
@@ -113,7 +114,7 @@ def replug(
     from rqa.replug import AnswerLikelihood, ReplugLoss
 
     likelihood = AnswerLikelihood(generator_model, formatter, max_seq_length, batch_size, device=model.device)
-    return ReplugLoss(model, likelihood, num_docs, lm_temperature, retrieve_temperature, refresh_steps)
+    return ReplugLoss(model, likelihood, num_docs, lm_temperature, retrieve_temperature, refresh_steps, embed_urls)
 
 
 @hookimpl
