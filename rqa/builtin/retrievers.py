@@ -12,8 +12,10 @@ def dense_faiss(
     device: str | None = None,
     embed_urls: bool | None = None,
 ):
-    """Dense embeddings (all-MiniLM-L6-v2 embedded by default) searched in faiss; embed_urls=false embeds passages
-    without their URLs (default: as the model folder records, else with them)."""
+    """Dense embeddings (all-MiniLM-L6-v2 embedded by default) searched in faiss.
+
+    ``embed_urls=false`` embeds passages without their URLs (default: as the model folder records, else with them).
+    """
     from rqa.retrieval import DenseFaissRetriever
 
     return DenseFaissRetriever(
