@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from rqa.data import PaddingCollator
-from rqa.retrieval import passage_text
+from rqa.retrieval import DenseFaissRetriever, passage_text
 from rqa.schema import Document, Example
 
 log = logging.getLogger("rqa")
@@ -125,8 +125,6 @@ class ReplugLoss(nn.Module):
 
     def refresh(self, model: Any) -> None:
         """Index the database with ``model`` as it is now and take every question's candidates from it."""
-        from rqa.retrieval import DenseFaissRetriever
-
         began = time.perf_counter()
         retriever = DenseFaissRetriever.in_memory(model, self.documents, embed_urls=self.embed_urls)
         hits = retriever.retrieve([e.question for e in self.examples], self.num_docs)

@@ -52,6 +52,14 @@ def recorded_embed_urls(model_path: str) -> bool | None:
     return value
 
 
+def settle_embed_urls(model_path: str, asked: bool | None = None) -> bool:
+    """``asked``, else what the model folder records, else true: passages are embedded as they are given."""
+    if asked is not None:
+        return asked
+    recorded = recorded_embed_urls(model_path)
+    return True if recorded is None else recorded
+
+
 def record_embed_urls(model_dir: Path, embed_urls: bool) -> None:
     """Record in a saved model folder how it reads passages, so that every index built with it reads them alike."""
     (model_dir / MODEL_SETTINGS).write_text(json.dumps({"embed_urls": embed_urls}) + "\n")
@@ -123,8 +131,7 @@ class DenseFaissRetriever(IndexedRetriever):
         if self._embed_urls is None:
             from rqa.models import resolve_embedder
 
-            recorded = recorded_embed_urls(resolve_embedder(self.embedding_model))
-            self._embed_urls = True if recorded is None else recorded
+            self._embed_urls = settle_embed_urls(resolve_embedder(self.embedding_model))
         return self._embed_urls
 
     def model_fingerprint(self) -> str:

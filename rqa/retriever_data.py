@@ -15,7 +15,7 @@ from functools import partial
 from typing import Any
 
 from rqa.errors import DataError, RqaError
-from rqa.retrieval import passage_text
+from rqa.retrieval import DenseFaissRetriever, passage_text
 from rqa.schema import Document, Example
 
 log = logging.getLogger("rqa")
@@ -87,8 +87,6 @@ def mine_hard_negatives(
     sentence-transformers' ``mine_hard_negatives`` knows one positive per row; a question here may have several
     gold passages, and a database may hold a gold passage twice under different titles, so rqa filters itself.
     """
-    from rqa.retrieval import DenseFaissRetriever  # faiss loads with it
-
     if count <= 0 or not examples:
         return list(examples)
     retriever = DenseFaissRetriever.in_memory(encoder, documents, embed_urls=embed_urls)

@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 from rqa.contracts import SupportsRefresh, SupportsTrainingData
 from rqa.errors import RqaError
 from rqa.evaluation import prediction_row, score_rows, write_results
-from rqa.retrieval import record_embed_urls
+from rqa.retrieval import DenseFaissRetriever, record_embed_urls, settle_embed_urls
 from rqa.retriever_data import (
     check_gold_in_database,
     check_hard_negatives,
@@ -100,10 +100,9 @@ class DatabaseRetrievalEvaluator(SentenceEvaluator):
 
     def score(self, model: Any, name: str, output_dir: Path | None) -> dict[str, float]:
         from rqa.progress import is_main_process, quiet_progress
-        from rqa.retrieval import DenseFaissRetriever
 
         with quiet_progress(self.quiet):  # a bar while the database is embedded, on a terminal only
-            retriever = DenseFaissRetriever.in_memory(model, self.documents, True, self.embed_urls)
+            retriever = DenseFaissRetriever.in_memory(model, self.documents, progress=True, embed_urls=self.embed_urls)
         start = time.perf_counter()
         hits = retriever.retrieve([e.question for e in self.examples], self.top_k)
         per_question = (time.perf_counter() - start) / max(len(self.examples), 1)
@@ -184,7 +183,7 @@ def run_retriever_training(args: RqaRetrieverTrainingArguments, console: Any = N
     model = load_embedder(args.model_name_or_path, args.pooling_type)
     if args.max_seq_length is not None:
         set_max_seq_length(model, args.max_seq_length)
-    embed_urls = settle_embed_urls(args)
+    embed_urls = embed_urls_to_train(args)
     loss = loss_choice.build(model=model, embed_urls=embed_urls)
     dataset = _training_data(args, loss, train, documents, model, embed_urls)
     quiet = bool(args.disable_tqdm)
@@ -273,15 +272,11 @@ def _training_data(
     return training_dataset(groups)
 
 
-def settle_embed_urls(args: RqaRetrieverTrainingArguments) -> bool:
+def embed_urls_to_train(args: RqaRetrieverTrainingArguments) -> bool:
     """``--embed_urls``, else what the starting model folder records (a model trained further), else true."""
     from rqa.models import resolve_embedder
-    from rqa.retrieval import recorded_embed_urls
 
-    if args.embed_urls is not None:
-        return args.embed_urls
-    recorded = recorded_embed_urls(resolve_embedder(args.model_name_or_path))
-    return True if recorded is None else recorded
+    return settle_embed_urls(resolve_embedder(args.model_name_or_path), args.embed_urls)
 
 
 class RecordEmbedUrls(TrainerCallback):

@@ -297,11 +297,11 @@ def test_without_urls_the_rows_the_checkpoints_and_the_model_read_passages_alike
         assert DenseFaissRetriever("dense-faiss", str(folder)).embed_urls is False, folder
     # training further from it keeps reading passages without URLs, unless asked otherwise
     from rqa.retriever_config import parse_retriever_args
-    from rqa.retriever_training import settle_embed_urls
+    from rqa.retriever_training import embed_urls_to_train
 
-    assert settle_embed_urls(parse_retriever_args(["--model_name_or_path", str(out)])) is False
+    assert embed_urls_to_train(parse_retriever_args(["--model_name_or_path", str(out)])) is False
     asked = parse_retriever_args(["--model_name_or_path", str(out), "--embed_urls", "true"])
-    assert settle_embed_urls(asked) is True
+    assert embed_urls_to_train(asked) is True
 
 
 def test_gold_passage_missing_from_the_database_names_file_and_line(tmp_path, capsys):
