@@ -65,7 +65,7 @@ class _SwiGLUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(gate, up)
-        return F.silu(gate) * up
+        return F.silu(gate).mul_(up)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +81,7 @@ class _SwiGLUDownFunction(torch.autograd.Function):
     def forward(
         ctx: Any, gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
-        product = F.silu(gate) * up
+        product = F.silu(gate).mul_(up)
         output = F.linear(product, weight, bias)  # under autocast, in its dtype, as the original's
         ctx.save_for_backward(gate, up, weight)
         ctx.compute_dtype, ctx.has_bias = output.dtype, bias is not None
@@ -90,22 +90,31 @@ class _SwiGLUDownFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         gate, up, weight = ctx.saved_tensors
-        product = (F.silu(gate) * up).to(ctx.compute_dtype)
+        silu = F.silu(gate)
         grad = grad.to(ctx.compute_dtype)
-        flat_grad, flat_product = grad.reshape(-1, grad.shape[-1]), product.reshape(-1, product.shape[-1])
-        grad_weight = (flat_grad.t() @ flat_product).to(weight.dtype) if ctx.needs_input_grad[2] else None
-        grad_bias = flat_grad.sum(0).to(weight.dtype) if ctx.has_bias and ctx.needs_input_grad[3] else None
+        flat_grad = grad.reshape(-1, grad.shape[-1])
+        grad_weight = grad_bias = None
+        if ctx.needs_input_grad[2]:
+            product = (silu * up).to(ctx.compute_dtype).reshape(-1, up.shape[-1])
+            grad_weight = (flat_grad.t() @ product).to(weight.dtype)
+            del product  # freed before the next product: one gate-sized tensor fewer at a time
+        if ctx.has_bias and ctx.needs_input_grad[3]:
+            grad_bias = flat_grad.sum(0).to(weight.dtype)
         grad_product = (grad @ weight.to(ctx.compute_dtype)).to(up.dtype)
-        grad_gate, grad_up = _swiglu_backward(grad_product, gate, up)
+        grad_gate, grad_up = _swiglu_backward(grad_product, gate, up, silu)
         return grad_gate, grad_up, grad_weight, grad_bias
 
 
-def _swiglu_backward(grad: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of ``silu(gate) * up`` for ``gate`` and ``up``, SiLU's derivative taken in fp32."""
-    gate32 = gate.float()
-    sigmoid = torch.sigmoid(gate32)
-    grad_up = (grad * F.silu(gate)).to(up.dtype)
-    grad_gate = (grad.float() * up.float() * sigmoid * (1 + gate32 * (1 - sigmoid))).to(gate.dtype)
+def _swiglu_backward(
+    grad: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, silu: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of ``silu(gate) * up`` for ``gate`` and ``up``, as autograd computes them for the original (SiLU's
+    own fused backward), into tensors of its own where it can: on a CPU these passes are bound by memory. ``silu``
+    (``F.silu(gate)``, recomputed when not given) is overwritten."""
+    silu = F.silu(gate) if silu is None else silu
+    grad_silu = grad * up
+    grad_up = silu.mul_(grad)
+    grad_gate = torch.ops.aten.silu_backward.grad_input(grad_silu, gate, grad_input=grad_silu)
     return grad_gate, grad_up
 
 

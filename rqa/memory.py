@@ -1,6 +1,13 @@
-"""Keep a CPU training run's resident memory close to what its tensors need.
+"""Host memory of a CPU training run: fast by default, close to what its tensors need in the memory modes.
 
-Three things grow a CPU process past its live tensors, each with its own remedy here:
+By default a training step reuses the memory its previous step freed. Every pass allocates fresh activations
+and gradients; glibc hands large freed blocks back to the system (``munmap``, heap trimming), and each page of
+the next step's tensors then faults in again and is zeroed by the kernel. An elementwise product into a fresh
+tensor ran at 6 GB/s where one into a reused buffer ran at 30 GB/s (2-core VM), and a step of SmolLM2-135M made
+300,000 to 900,000 such page faults. ``keep_freed_memory`` keeps the process's heap: after the largest batch
+so far, a step makes no page faults at all.
+
+In the memory modes three things grow a CPU process past its live tensors, each with its own remedy here:
 
 - glibc serves large allocations with ``mmap`` only above a threshold that it raises each time such a block is
   freed, up to 32 MiB; after the first training step most activations land in the heap instead, where freed
@@ -23,7 +30,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # glibc's mallopt parameter numbers
+NEVER_TRIM_BYTES = 2**31 - 1  # mallopt takes a C int: free heap above 2 GiB is the only kind given back
 THRESHOLD_BYTES = 1 << 20
 KERNEL_CACHES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")  # oneDNN's, ideep's
 KERNEL_CACHE_ENTRIES = 128  # more than one batch's forward and backward use: every cache hit within a batch stays
@@ -51,6 +59,15 @@ def return_large_blocks_to_the_system(threshold_bytes: int = THRESHOLD_BYTES) ->
     """Serve allocations above ``threshold_bytes`` with mmap for the rest of the process; False where not glibc."""
     libc = glibc()
     return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold_bytes)) if libc is not None else False
+
+
+def keep_freed_memory() -> bool:
+    """Serve every allocation from the heap and keep what is freed there for the next one (the speed mode);
+    False where not glibc. Blocks mapped before this call still go back when freed."""
+    libc = glibc()
+    if libc is None:
+        return False
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, NEVER_TRIM_BYTES))
 
 
 def give_freed_pages_back() -> bool:

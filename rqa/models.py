@@ -162,14 +162,19 @@ def load_generator(
 
 
 def save_host_memory(args: RqaTrainingArguments) -> None:
-    """On a CPU, bound oneDNN's kernel caches (before the first product reads them); with gradient checkpointing,
-    asked for to save memory, also give freed activations back to the system."""
-    from rqa.memory import bound_kernel_caches, return_large_blocks_to_the_system
+    """On a CPU, bound oneDNN's kernel caches (before the first product reads them), and settle what happens to
+    freed memory: with gradient checkpointing, asked for to save memory, freed activations go back to the system;
+    otherwise (``--bf16_weights`` aside, which trims the heap after each pass) the next pass reuses them."""
+    from rqa.memory import bound_kernel_caches, keep_freed_memory, return_large_blocks_to_the_system
 
-    if args.device.type == "cpu":
+    on_cpu = args.device.type == "cpu"
+    if on_cpu:
         bound_kernel_caches()
-    if args.gradient_checkpointing and return_large_blocks_to_the_system():
-        _log.info("gradient checkpointing: freed activations go back to the system (lower peak memory)")
+    if args.gradient_checkpointing:
+        if return_large_blocks_to_the_system():
+            _log.info("gradient checkpointing: freed activations go back to the system (lower peak memory)")
+    elif on_cpu and not args.bf16_weights and keep_freed_memory():
+        _log.info("freed activations stay in the process for the next step (no page faults to refill them)")
 
 
 def warn_if_bf16_is_emulated(args: RqaTrainingArguments) -> None:
@@ -201,6 +206,11 @@ def load_for_training(args: RqaTrainingArguments, path: str) -> Any:
 
         if changed := keep_fewer_activations(model):
             _log.info(f"lean activations: {changed} RMSNorm and SwiGLU layers recompute their elementwise parts")
+    if args.device.type == "cpu" and args.world_size == 1:
+        from rqa.tied_embeddings import sparse_tied_embedding_gradient
+
+        if sparse_tied_embedding_gradient(model):
+            _log.info("tied embeddings: the lookup's gradient is added as the batch's rows, not a whole table")
     if args.lora_r > 0:
         from peft import LoraConfig, get_peft_model
 

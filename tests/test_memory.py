@@ -1,4 +1,5 @@
-"""Host memory settings: freed blocks and heap fragments go back to the system, kernel caches stay bounded."""
+"""Host memory settings: freed memory stays for reuse (speed) or goes back to the system (memory modes), kernel
+caches stay bounded."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 
 import pytest
 
-from rqa.memory import bound_kernel_caches, return_large_blocks_to_the_system
+from rqa.memory import bound_kernel_caches, keep_freed_memory, return_large_blocks_to_the_system
 
 needs_glibc = pytest.mark.skipif(
     not sys.platform.startswith("linux") or ctypes.util.find_library("c") is None, reason="glibc"
@@ -16,9 +17,9 @@ needs_glibc = pytest.mark.skipif(
 RSS = "def rss(): return int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1])\n"
 
 
-def kilobytes_on_and_off(script: str) -> dict[str, int]:
-    """The number (kB) ``script`` prints, run in a fresh process with the setting ``on`` and ``off``
-    (``sys.argv[1]``): a process's resident memory is only comparable between separate processes."""
+def printed_on_and_off(script: str) -> dict[str, int]:
+    """The number (kB, or page faults) ``script`` prints, run in a fresh process with the setting ``on`` and
+    ``off`` (``sys.argv[1]``): a process's memory is only comparable between separate processes."""
     run = [sys.executable, "-c", script]
     return {mode: int(subprocess.check_output([*run, mode], text=True)) for mode in ("on", "off")}
 
@@ -37,13 +38,33 @@ def test_large_freed_blocks_leave_the_process() -> None:
         "del blocks  # 35 freed blocks lie between kept ones: the heap cannot shrink past them\n"
         "print(rss())\n"
     )
-    rss = kilobytes_on_and_off(script)
+    rss = printed_on_and_off(script)
     assert rss["on"] < rss["off"] - 200_000, rss  # kB: the 640 MB of freed blocks stayed resident without it
+
+
+@needs_glibc
+def test_kept_freed_memory_is_reused_without_page_faults() -> None:
+    script = (
+        "import resource, sys, torch\n"
+        "from rqa.memory import keep_freed_memory\n"
+        "if sys.argv[1] == 'on': assert keep_freed_memory()\n"
+        "def faults(): return resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "step = [torch.ones(10_000_000) for _ in range(8)]  # a step's largest tensors: 40 MB each\n"
+        "del step\n"
+        "before = faults()\n"
+        "step = [torch.ones(10_000_000) for _ in range(8)]  # the next step's, as large\n"
+        "print(faults() - before)\n"
+    )
+    faults = printed_on_and_off(script)
+    assert faults["on"] < 1_000, faults  # the freed 320 MB served the second step
+    assert faults["off"] > 50_000, faults  # without it, blocks above 32 MB are always mapped afresh: every 4 kB
+    # page faulted in again
 
 
 def test_elsewhere_it_reports_that_nothing_changed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "platform", "darwin")
     assert return_large_blocks_to_the_system() is False
+    assert keep_freed_memory() is False
 
 
 @needs_glibc
@@ -60,7 +81,7 @@ def test_trimming_gives_back_the_heaps_freed_fragments() -> None:
         "if sys.argv[1] == 'on': assert give_freed_pages_back()\n"
         "print(rss())\n"
     )
-    rss = kilobytes_on_and_off(script)
+    rss = printed_on_and_off(script)
     assert rss["on"] < rss["off"] - 200_000, rss  # kB: the 420 MB of freed fragments stayed resident without it
 
 
@@ -86,5 +107,5 @@ def test_bounded_kernel_caches_keep_bf16_training_memory_flat_over_new_shapes() 
         "for n in range(96, 400): step(n)\n"
         "print(rss() - start)\n"
     )
-    growth = kilobytes_on_and_off(script)
+    growth = printed_on_and_off(script)
     assert growth["on"] < growth["off"] / 2, growth  # kB
