@@ -56,9 +56,11 @@ def test_kept_freed_memory_is_reused_without_page_faults() -> None:
         "print(faults() - before)\n"
     )
     faults = printed_on_and_off(script)
-    assert faults["on"] < 1_000, faults  # the freed 320 MB served the second step
-    assert faults["off"] > 50_000, faults  # without it, blocks above 32 MB are always mapped afresh: every 4 kB
-    # page faulted in again
+    # the freed 320 MB served the second step; at most one block (9,766 pages) lands past a small allocation that
+    # took a piece of the freed space in between
+    assert faults["on"] < 12_000, faults
+    assert faults["off"] > 70_000, faults  # without it, blocks above 32 MB are always mapped afresh: all eight
+    # blocks' 4 kB pages faulted in again
 
 
 def test_elsewhere_it_reports_that_nothing_changed(monkeypatch: pytest.MonkeyPatch) -> None:
