@@ -5,7 +5,7 @@ and gradients; glibc hands large freed blocks back to the system (``munmap``, he
 the next step's tensors then faults in again and is zeroed by the kernel. An elementwise product into a fresh
 tensor ran at 6 GB/s where one into a reused buffer ran at 30 GB/s (2-core VM), and a step of SmolLM2-135M made
 300,000 to 900,000 such page faults. ``keep_freed_memory`` keeps the process's heap: after the largest batch
-so far, a step makes no page faults at all.
+so far, a step makes almost none (a handful, where it made 100,000 before).
 
 In the memory modes three things grow a CPU process past its live tensors, each with its own remedy here:
 

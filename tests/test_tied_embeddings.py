@@ -5,17 +5,16 @@ from __future__ import annotations
 import copy
 
 import torch
-from model_families import tiny_config, tiny_model
+from model_families import model_class, tiny_config
 
 from rqa.tied_embeddings import sparse_tied_embedding_gradient
 
 
-def tied_llama() -> torch.nn.Module:
-    model = tiny_model("llama")
-    model.tie_weights()
-    if model.get_output_embeddings().weight is not model.get_input_embeddings().weight:
-        model.get_output_embeddings().weight = model.get_input_embeddings().weight
-    return model
+def llama(tied: bool) -> torch.nn.Module:
+    config = tiny_config("llama")
+    config.tie_word_embeddings = tied
+    torch.manual_seed(0)
+    return model_class("llama")(config)
 
 
 def gradients(model: torch.nn.Module, ids: torch.Tensor, passes: int = 1) -> dict[str, torch.Tensor]:
@@ -26,7 +25,8 @@ def gradients(model: torch.nn.Module, ids: torch.Tensor, passes: int = 1) -> dic
 
 
 def test_the_tied_table_gets_the_same_dense_gradient() -> None:
-    dense = tied_llama()
+    dense = llama(tied=True)
+    assert dense.get_output_embeddings().weight is dense.get_input_embeddings().weight
     rows = copy.deepcopy(dense)
     assert sparse_tied_embedding_gradient(rows)
     ids = torch.randint(3, dense.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
@@ -40,7 +40,7 @@ def test_the_tied_table_gets_the_same_dense_gradient() -> None:
 
 
 def test_a_lookup_gradient_alone_is_made_dense() -> None:
-    model = tied_llama()
+    model = llama(tied=True)
     assert sparse_tied_embedding_gradient(model)
     model.get_input_embeddings()(torch.tensor([[5, 6, 5]])).sum().backward()  # the head takes no part
     grad = model.get_input_embeddings().weight.grad
@@ -49,9 +49,7 @@ def test_a_lookup_gradient_alone_is_made_dense() -> None:
 
 
 def test_untied_tables_are_left_alone() -> None:
-    config = tiny_config("llama")
-    config.tie_word_embeddings = False
-    model = type(tiny_model("llama"))(config)
+    model = llama(tied=False)
     assert model.get_output_embeddings().weight is not model.get_input_embeddings().weight
     assert not sparse_tied_embedding_gradient(model)
     assert not model.get_input_embeddings().sparse
