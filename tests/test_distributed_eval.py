@@ -105,6 +105,9 @@ def rank_main(rank: int, world: int, port: int, case: dict[str, Any], out: str) 
         result["stopped"] = stopped.received
     result["forwards"] = calls[0]
     (Path(out) / f"rank-{rank}.json").write_text(json.dumps(result))
+    # Both ranks leave together: a rank that tears its connections down while the other is still tearing down
+    # (or, on rank 0, still serving the rendezvous store) can abort in gloo's threads after the test's work is done.
+    dist.barrier()
     dist.destroy_process_group()
 
 
@@ -128,7 +131,8 @@ def run_ranks(case: dict[str, Any], out: Path, world: int = 2) -> list[dict[str,
             process.kill()
             process.join()
     assert not hung, f"ranks {hung} were still running after {DEADLINE} s: the evaluation hung"
-    assert [process.exitcode for process in ranks] == [0] * world
+    finished = [(out / f"rank-{rank}.json").exists() for rank in range(world)]
+    assert [process.exitcode for process in ranks] == [0] * world, f"ranks that wrote their results: {finished}"
     return [json.loads((out / f"rank-{rank}.json").read_text()) for rank in range(world)]
 
 
