@@ -92,6 +92,14 @@ class RqaRetrieverTrainingArguments(SentenceTransformerTrainingArguments):
             "copy of a gold passage) as hard negatives. 0: only the records' hard_neg_docs."
         },
     )
+    mining_retriever: str | None = field(
+        default=None,
+        metadata={
+            "help": "Rank passages for --mine_hard_negatives with this registered retriever (name or "
+            "name:key=value,...; bm25, or hybrid: the starting model fused with BM25) instead of the starting "
+            "model's embeddings alone. The starting model is its embedding model."
+        },
+    )
     embed_urls: bool | None = field(
         default=None,
         metadata={

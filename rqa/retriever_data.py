@@ -79,17 +79,24 @@ def select_negatives(
 
 
 def mine_hard_negatives(
-    examples: Sequence[Example], documents: Sequence[Document], encoder: Any, count: int, embed_urls: bool = True
+    examples: Sequence[Example],
+    documents: Sequence[Document],
+    encoder: Any,
+    count: int,
+    embed_urls: bool = True,
+    retriever: Any = None,
 ) -> list[Example]:
-    """Each example with up to ``count`` more hard negatives: the passages ``encoder`` ranks highest for its question
-    that are neither gold nor a copy of a gold passage, after the record's own ``hard_neg_docs``.
+    """Each example with up to ``count`` more hard negatives: the passages ``encoder`` (or ``retriever``, one built
+    over ``documents``) ranks highest for its question that are neither gold nor a copy of a gold passage, after the
+    record's own ``hard_neg_docs``.
 
     sentence-transformers' ``mine_hard_negatives`` knows one positive per row; a question here may have several
     gold passages, and a database may hold a gold passage twice under different titles, so rqa filters itself.
     """
     if count <= 0 or not examples:
         return list(examples)
-    retriever = DenseFaissRetriever.in_memory(encoder, documents, embed_urls=embed_urls)
+    if retriever is None:
+        retriever = DenseFaissRetriever.in_memory(encoder, documents, embed_urls=embed_urls)
     depth = count + max(len(e.gold_docs) for e in examples) + 8  # room for gold passages and their copies
     hits = retriever.retrieve([e.question for e in examples], depth)
     mined: list[Example] = []

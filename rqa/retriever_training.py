@@ -32,6 +32,7 @@ from rqa.retriever_data import (
 from rqa.schema import Document, Example
 
 if TYPE_CHECKING:
+    from rqa.pipeline import ComponentChoice
     from rqa.retriever_config import RqaRetrieverTrainingArguments
 
 log = logging.getLogger("rqa")
@@ -134,7 +135,7 @@ def _choose_loss(args: RqaRetrieverTrainingArguments) -> Any:
 
 def _read_inputs(args: RqaRetrieverTrainingArguments) -> tuple[dict[str, Any], Any]:
     """Every file and the loss, checked before any model loads; all problems reported at once."""
-    from rqa.pipeline import choose_all
+    from rqa.pipeline import choose, choose_all
     from rqa.schema import read_documents, read_examples
 
     if not args.train_file:
@@ -149,6 +150,8 @@ def _read_inputs(args: RqaRetrieverTrainingArguments) -> tuple[dict[str, Any], A
         checks["test"] = lambda: read_examples(args.test_file)
     if args.full_dataset_file_path:
         checks["documents"] = lambda: read_documents(args.full_dataset_file_path)
+    if args.mining_retriever:
+        checks["mining"] = lambda: choose("retrievers", args.mining_retriever)
     results, problems = choose_all(checks)
     for label in ("train", "eval", "test"):
         if label in results:
@@ -185,7 +188,7 @@ def run_retriever_training(args: RqaRetrieverTrainingArguments, console: Any = N
         set_max_seq_length(model, args.max_seq_length)
     embed_urls = embed_urls_to_train(args)
     loss = loss_choice.build(model=model, embed_urls=embed_urls)
-    dataset = _training_data(args, loss, train, documents, model, embed_urls)
+    dataset = _training_data(args, loss, train, documents, model, embed_urls, inputs.get("mining"))
     quiet = bool(args.disable_tqdm)
     evaluator = None
     if evaluation:
@@ -255,15 +258,26 @@ def _report(
 
 
 def _training_data(
-    args: RqaRetrieverTrainingArguments, loss: Any, train: list[Example], documents: Any, model: Any, embed_urls: bool
+    args: RqaRetrieverTrainingArguments,
+    loss: Any,
+    train: list[Example],
+    documents: Any,
+    model: Any,
+    embed_urls: bool,
+    mining: ComponentChoice | None = None,
 ) -> Any:
     """The loss's own rows where it makes them (``SupportsTrainingData``), else question/gold pairs with a share of
-    hard negatives, mined first with ``--mine_hard_negatives``."""
+    hard negatives, mined first with ``--mine_hard_negatives`` (by the ``--mining_retriever`` where one is named)."""
     if isinstance(loss, SupportsTrainingData):
         return loss.training_data(train, documents)
     if args.mine_hard_negatives:
         began = time.perf_counter()
-        train = mine_hard_negatives(train, documents, model, args.mine_hard_negatives, embed_urls)
+        miner = None
+        if mining is not None:
+            from rqa.pipeline import build_retriever
+
+            miner = build_retriever(mining, documents, None, embedding_model=args.model_name_or_path)
+        train = mine_hard_negatives(train, documents, model, args.mine_hard_negatives, embed_urls, miner)
         log.info("mined up to %d hard negatives per question in %.0f s", args.mine_hard_negatives,
                  time.perf_counter() - began)  # fmt: skip
     groups = training_rows(train, args.hard_neg_ratio, args.seed, args.negatives_per_row, embed_urls)

@@ -121,12 +121,12 @@ def test_retrieve_before_build_is_a_clear_error() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"members": "dense-faiss,bm25,dense-faiss"}, "names a retriever twice"),
-        ({"members": "bm25,hybrid"}, "cannot be its own member"),
+        ({"members": "dense-faiss+bm25+dense-faiss"}, "names a retriever twice"),
+        ({"members": "bm25+hybrid"}, "cannot be its own member"),
         ({"members": "bm25"}, "at least two members"),
-        ({"weights": "1,2,3"}, "3 weights for 2 members"),
-        ({"weights": "1,heavy"}, "numbers separated by commas"),
-        ({"weights": "0,0"}, "one at least above 0"),
+        ({"weights": "1+2+3"}, "3 weights for 2 members"),
+        ({"weights": "1+heavy"}, "numbers joined by '\\+'"),
+        ({"weights": "0+0"}, "one at least above 0"),
         ({"depth": 0}, "depth must be >= 1"),
     ],
 )
@@ -137,7 +137,7 @@ def test_bad_options_are_refused_by_name(options: dict[str, Any], message: str) 
 
 def test_an_unknown_member_lists_the_retrievers_there_are() -> None:
     with pytest.raises(UnknownComponentError, match=r"unknown retriever 'bm52'.*Available: .*dense-faiss"):
-        get_plugins()["retrievers"].build("hybrid", {"members": "dense-faiss,bm52"})
+        get_plugins()["retrievers"].build("hybrid", {"members": "dense-faiss+bm52"})
 
 
 def test_dense_and_bm25_fused_find_what_either_finds_first(tmp_path: Path) -> None:
@@ -163,7 +163,7 @@ def test_rqa_index_builds_and_reuses_a_hybrid_index(tmp_path: Path) -> None:
     database.write_text("".join(json.dumps({"page_content": text}) + "\n" for text in PASSAGES.values()))
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
     command = [str(RQA), "index", "--documents", str(database), "--index", str(tmp_path / "index")]
-    command += ["--retriever", "hybrid", "--retriever_option", "weights=1,0.5"]
+    command += ["--retriever", "hybrid:depth=20,weights=1+0.5"]  # a spec: options after the name
     said = []
     for _ in range(2):
         result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)

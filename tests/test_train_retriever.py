@@ -247,6 +247,48 @@ def test_mined_hard_negatives_are_never_gold_nor_a_copy_of_it(tiny_embedder):
     assert all(d.page_content != gold for d in mined.hard_neg_docs)
 
 
+def test_hard_negatives_are_mined_with_a_named_retriever(tiny_embedder):
+    """BM25 ranks a passage sharing the question's rare words first; that passage, not the gold, is mined first."""
+    from helpers import document, example
+    from sentence_transformers import SentenceTransformer
+
+    from rqa.plugins import get_plugins
+    from rqa.retriever_data import mine_hard_negatives
+
+    gold = "Hold the ZX-4411's reset pin for ten seconds to restore factory settings."
+    lexical_twin = document("The ZX-4411 reset pin sits under the rubber foot; factory settings include Wi-Fi.")
+    others = [document(f"Passage {i} about kettles, lids and warranty number {i}.") for i in range(6)]
+    question = example(question="How do I restore factory settings on the ZX-4411?", passages=(gold,))
+    database = [document(gold), lexical_twin, *others]
+    bm25 = get_plugins()["retrievers"].build("bm25", {})
+    bm25.build(database)
+    expected = [d for d, _ in bm25.retrieve([question.question], 3)[0] if d.page_content != gold][:2]
+
+    model = SentenceTransformer(str(tiny_embedder / "st"))
+    [mined] = mine_hard_negatives([question], database, model, 2, retriever=bm25)
+
+    assert list(mined.hard_neg_docs) == expected
+    assert mined.hard_neg_docs[0] == lexical_twin
+
+
+def test_training_mines_with_the_named_retriever_and_refuses_an_unknown_one(tiny_embedder, tmp_path, capsys):
+    common = [
+        *("--model_name_or_path", str(tiny_embedder / "st")),
+        *("--train_file", str(EXAMPLE / "train_w_qa.jsonl")),
+        *("--full_dataset_file_path", str(EXAMPLE / "documents.jsonl")),
+        *("--max_steps", "1", "--per_device_train_batch_size", "4", "--report_to", "none"),
+    ]
+    assert run(*common, "--mining_retriever", "bm52", "--output_dir", str(tmp_path / "bad")) == 1
+    assert "unknown retriever 'bm52'. Did you mean 'bm25'?" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # refused before any model loads or folder is made
+
+    out = tmp_path / "run"
+    assert run(*common, "--mining_retriever", "hybrid:depth=10", "--output_dir", str(out)) == 0
+    said = " ".join("".join(capsys.readouterr()).split())
+    assert "hybrid index: built" in said and "mined up to 4 hard negatives per question" in said
+    assert json.loads((out / "rqa_args.json").read_text())["mining_retriever"] == "hybrid:depth=10"
+
+
 def test_rows_carry_up_to_negatives_per_row_grouped_by_how_many():
     import dataclasses
 

@@ -49,29 +49,30 @@ def e5_faiss(
 
 def hybrid(
     embedding_model: str | None = None,
-    members: str = "dense-faiss,bm25",
+    members: str = "dense-faiss+bm25",
     weights: str = "",
     rank_constant: float = 60.0,
     depth: int = 50,
 ):
     """Several retrievers fused by reciprocal rank: dense embeddings and BM25 (rqa-bm25) by default.
 
-    ``members``: registered retriever names, comma-separated, each with its defaults (``--embedding_model`` goes to
-    those that take one); ``weights``: one per member (default 1 each); ``rank_constant``: RRF's k; ``depth``: how
-    many passages each member ranks.
+    ``members``: registered retriever names joined by ``+``, each with its defaults (``--embedding_model`` goes to
+    those that take one); ``weights``: one per member, joined the same way (default 1 each); ``rank_constant``: RRF's
+    k; ``depth``: how many passages each member ranks. ``+``, not a comma: commas separate a spec's options
+    (``--retriever hybrid:depth=20,weights=1+0.5``).
     """
     from rqa.fusion import HybridRetriever
     from rqa.plugins import get_plugins
 
-    names = [name.strip() for name in members.split(",") if name.strip()]
+    names = [name.strip() for name in members.split("+") if name.strip()]
     if len(set(names)) != len(names):
         raise ValueError(f"members names a retriever twice: {members!r}")
     if "hybrid" in names:
         raise ValueError("a hybrid retriever cannot be its own member")
     try:
-        scales = [float(weight) for weight in weights.split(",")] if weights.strip() else [1.0] * len(names)
+        scales = [float(weight) for weight in weights.split("+")] if weights.strip() else [1.0] * len(names)
     except ValueError:
-        raise ValueError(f"weights must be numbers separated by commas, got {weights!r}") from None
+        raise ValueError(f"weights must be numbers joined by '+', one per member, got {weights!r}") from None
     registry = get_plugins()["retrievers"]
     context = {"embedding_model": embedding_model} if embedding_model else {}
     built = {name: registry.build(name, {}, **context) for name in names}
