@@ -17,9 +17,15 @@ one changes.
     .venv/bin/python benchmarks/bench_retriever.py --variants base rqa replug
     .venv/bin/python benchmarks/bench_retriever.py --variants answers    # after `rqa`: does retrieval lift answers?
 
+Hybrid: BM25 alone (the rqa-bm25 plugin), and the `hybrid` retriever (reciprocal-rank fusion of dense embeddings and
+BM25) with the base MiniLM and with the model the `rqa` variant trained, each through `rqa evaluate --retrieval_only`;
+`hybrid-mined` trains with hard negatives mined from that fusion (`--mining_retriever hybrid`) instead of the base
+model's embeddings alone.
+
 Answers: one epoch of gold-passage SFT (bench_quality's settings), its test set answered end to end once with the
 base MiniLM and once with the retriever the `rqa` variant trained; `answers-raft` adds SFT whose RAFT contexts come
-from the trained retriever (so the generator learns to read what that retriever returns).
+from the trained retriever (so the generator learns to read what that retriever returns); `answers-hybrid` answers
+with the trained retriever fused with BM25.
 """
 
 from __future__ import annotations
@@ -51,7 +57,8 @@ from common import (
 
 RQA = str(Path(sys.executable).parent / "rqa")
 KEYS = ("retr/recall@1", "retr/recall@4", "retr/ndcg@4", "retr/mrr")
-VARIANTS = ("base", "plain", "rqa", "replug", "speed", "answers", "answers-raft")
+VARIANTS = ("base", "bm25", "hybrid", "plain", "rqa", "hybrid-trained", "hybrid-mined", "replug", "speed", "answers",
+            "answers-hybrid", "answers-raft")  # fmt: skip
 ANSWER_KEYS = (
     "retr/recall@4",
     "gen/f1",
@@ -62,7 +69,7 @@ ANSWER_KEYS = (
 )
 DOCUMENTS = str(DATA_DIR / "documents.pkl")
 RESULTS = Path(__file__).parent / "results" / "bench_retriever.json"  # every variant's latest row, with its run
-ANSWER_ROWS = ("sft-base", "sft-trained", "raft-trained")
+ANSWER_ROWS = ("sft-base", "sft-trained", "sft-hybrid-trained", "raft-trained")
 PLAIN = {"batch": 32, "learning_rate": 3e-5, "epochs": 3}
 # one epoch of 8-question batches: each step scores 8 x 4 passages with the generator (the costly part on a CPU)
 REPLUG_FLAGS = ["--loss", "replug", "--num_docs", "4", "--refresh_steps", "24", "--per_device_train_batch_size", "8",
@@ -99,11 +106,12 @@ def plain_script(output: str, epochs: float, max_rows: int | None = None) -> Non
     emit_json({"samples_per_s": len(examples) * epochs / timer.seconds, "seconds": timer.seconds})
 
 
-def evaluate_retrieval(model: str, output: Path) -> dict[str, float]:
-    """`rqa evaluate --retrieval_only` on the Faire test set with ``model`` as the embedder."""
+def evaluate_retrieval(model: str, output: Path, retriever: str = "dense-faiss") -> dict[str, float]:
+    """`rqa evaluate --retrieval_only` on the Faire test set with ``model`` as the embedder of ``retriever``."""
     command = [
         RQA, "evaluate", "--retrieval_only", "--data", str(DATA_DIR / "test_w_qa.jsonl"), "--documents", DOCUMENTS,
-        "--index", str(output / "index"), "--output_dir", str(output), *(["--embedding_model", model] if model else []),
+        "--index", str(output / "index"), "--output_dir", str(output), "--retriever", retriever,
+        *(["--embedding_model", model] if model else []),
     ]  # fmt: skip
     subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads((output / "metrics.json").read_text())
@@ -156,6 +164,16 @@ def answer_rows(work: Path, variants: list[str], reuse_generator: bool, bf16: bo
                  "--output_dir", str(with_trained)])  # fmt: skip
         scores = json.loads((with_trained / "metrics.json").read_text())
         rows["sft-trained"] = row("gold SFT", "trained (`rqa` variant)", scores)
+    if "answers-hybrid" in variants:
+        sft = work / "answers-sft"
+        if not (sft / "test-metrics.json").exists():
+            raise SystemExit(f"{sft} holds no gold SFT: run --variants answers first")
+        with_hybrid = work / "answers-sft-hybrid-trained"
+        run_cli([RQA, "evaluate", "--model", str(sft), "--data", test_data, "--documents", DOCUMENTS,
+                 "--index", str(work / "answers-hybrid-index"), "--retriever", "hybrid",
+                 "--embedding_model", str(trained), "--output_dir", str(with_hybrid)])  # fmt: skip
+        scores = json.loads((with_hybrid / "metrics.json").read_text())
+        rows["sft-hybrid-trained"] = row("gold SFT", "`hybrid`: trained (`rqa` variant) + BM25", scores)
     if "answers-raft" in variants:
         raft = work / "answers-raft"
         extra = [*precision, "--train_context", "raft", "--raft_source", "retriever", "--eval_embedding_model",
@@ -268,6 +286,13 @@ def main(argv: list[str]) -> int:
     if "base" in args.variants:
         wait_for_quiet()
         quality["base"] = ("base all-MiniLM-L6-v2", evaluate_retrieval("", work / "base"), "—")
+    if "bm25" in args.variants:
+        wait_for_quiet()
+        quality["bm25"] = ("BM25 (rqa-bm25 plugin)", evaluate_retrieval("", work / "bm25", "bm25"), "—")
+    if "hybrid" in args.variants:
+        wait_for_quiet()
+        label = "`hybrid`: base all-MiniLM-L6-v2 + BM25, reciprocal-rank fusion"
+        quality["hybrid"] = (label, evaluate_retrieval("", work / "hybrid", "hybrid"), "—")
     if "plain" in args.variants:
         wait_for_quiet()
         result = run_child([__file__, "--child_plain", str(work / "plain"), "--epochs", str(args.epochs)])
@@ -279,6 +304,17 @@ def main(argv: list[str]) -> int:
         wait_for_quiet()
         scores, _, seconds = train_retriever(work / "rqa", [])
         quality["rqa"] = ("`rqa train-retriever` (defaults)", scores, f"{seconds:.0f}")
+    if "hybrid-trained" in args.variants:
+        if not (work / "rqa" / "modules.json").exists():
+            raise SystemExit(f"{work / 'rqa'} holds no trained retriever: run --variants rqa first")
+        wait_for_quiet()
+        label = "`hybrid`: `rqa train-retriever` (defaults) + BM25, reciprocal-rank fusion"
+        scores = evaluate_retrieval(str(work / "rqa"), work / "hybrid-trained", "hybrid")
+        quality["hybrid-trained"] = (label, scores, quality.get("rqa", ("", {}, "—"))[2])
+    if "hybrid-mined" in args.variants:
+        wait_for_quiet()
+        scores, _, seconds = train_retriever(work / "hybrid-mined", ["--mining_retriever", "hybrid"])
+        quality["hybrid-mined"] = ("`rqa train-retriever --mining_retriever hybrid`", scores, f"{seconds:.0f}")
     if "replug" in args.variants:
         wait_for_quiet()
         scores, _, seconds = train_retriever(work / "replug", REPLUG_FLAGS)
@@ -299,7 +335,7 @@ def main(argv: list[str]) -> int:
         if not args.no_write:
             save_results(stored)
             write_section("bench_retriever", section)
-    if {"answers", "answers-raft"} & set(args.variants):
+    if {"answers", "answers-hybrid", "answers-raft"} & set(args.variants):
         wait_for_quiet()
         load_before = load_average()
         answers = stored.setdefault("answers", {})
