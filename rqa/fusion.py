@@ -8,7 +8,7 @@ scores, are fused: a cosine similarity and a BM25 score have no common scale.
 
 The members are retrievers from the registry, by name, each with its defaults (an embedding model goes to those
 that take one). The index directory holds one folder per member, each that member's own index, under one
-manifest that records all of theirs: a change to either member rebuilds the pair, atomically, as any index.
+manifest that records all of theirs: a change to any member rebuilds them all, atomically, as any index.
 """
 
 from __future__ import annotations
