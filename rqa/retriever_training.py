@@ -268,6 +268,9 @@ def _training_data(
 ) -> Any:
     """The loss's own rows where it makes them (``SupportsTrainingData``), else question/gold pairs with a share of
     hard negatives, mined first with ``--mine_hard_negatives`` (by the ``--mining_retriever`` where one is named)."""
+    if mining is not None and (isinstance(loss, SupportsTrainingData) or not args.mine_hard_negatives):
+        why = f"the loss '{args.loss}' makes its own rows" if args.mine_hard_negatives else "--mine_hard_negatives is 0"
+        log.warning("--mining_retriever %s is not used: %s", mining.name, why)
     if isinstance(loss, SupportsTrainingData):
         return loss.training_data(train, documents)
     if args.mine_hard_negatives:

@@ -288,6 +288,12 @@ def test_training_mines_with_the_named_retriever_and_refuses_an_unknown_one(tiny
     assert "hybrid index: built" in said and "mined up to 4 hard negatives per question" in said
     assert json.loads((out / "rqa_args.json").read_text())["mining_retriever"] == "hybrid:depth=10"
 
+    unused = tmp_path / "unused"
+    assert run(*common, "--mining_retriever", "bm25", "--mine_hard_negatives", "0", "--output_dir", str(unused)) == 0
+    said = " ".join("".join(capsys.readouterr()).split())
+    assert "--mining_retriever bm25 is not used: --mine_hard_negatives is 0" in said
+    assert "bm25 index: built" not in said
+
 
 def test_rows_carry_up_to_negatives_per_row_grouped_by_how_many():
     import dataclasses
