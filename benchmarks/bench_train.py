@@ -8,8 +8,11 @@ of computed tokens that is padding, peak RSS, and the losses (the same batches m
     .venv/bin/python benchmarks/bench_train.py                    # fp32 and bf16, 10 measured steps
     .venv/bin/python benchmarks/bench_train.py --precision fp32 --steps 5
     python benchmarks/bench_train.py --device cuda --precision bf16 --steps 30 --warmup 3   # on a GPU
+    python benchmarks/bench_train.py --device cuda --precision bf16 --model llama-1b --batch_size 16 \
+        --tools rqa trl trl-padding-free rqa-lora trl-lora   # a 1B-class model, full fine-tuning and LoRA
 
-On a GPU, memory is each process's peak of allocated GPU memory instead of its peak RSS.
+On a GPU, memory is each process's peak of allocated GPU memory instead of its peak RSS, and each tool's model
+FLOPs per second are set against the GPU's bf16 peak (MFU).
 """
 
 from __future__ import annotations
@@ -54,13 +57,43 @@ TOOLS: dict[str, str] = {
     "rqa-micro-bf16w-keep-all": "rqa, one example per forward, bf16 weights, every activation kept",
     "rqa-padded": "rqa, padded batches (--padding_free false)",
     "rqa-grouped": "rqa, padded, group_by_length",
+    "rqa-lora": "rqa, LoRA adapters on every linear layer",
     "trl": "TRL SFTTrainer, prompt-completion",
     "trl-padding-free": "TRL SFTTrainer, padding_free",
+    "trl-lora": "TRL SFTTrainer, prompt-completion, LoRA adapters on every linear layer",
     "localrqa-way": "LocalRQA way (pad to max_length, loss on all)",
 }
 DEFAULT_TOOLS = ["rqa", "rqa-gc", "trl", "trl-padding-free", "localrqa-way"]
 RQA_TOOLS = tuple(tool for tool in TOOLS if tool.startswith("rqa"))
-BASELINES = ("trl", "trl-padding-free", "localrqa-way")
+BASELINES = ("trl", "trl-padding-free", "trl-lora", "localrqa-way")
+LORA = {"r": 16, "alpha": 16, "dropout": 0.05}  # the same adapters for rqa and TRL: every linear layer but the head
+MODELS = {
+    "smollm2": "SmolLM2-135M-Instruct (embedded)",
+    "llama-1b": "a randomly initialised model of Llama-3.2-1B's shape (1.24 B parameters, 16 layers, hidden 2048, "
+    "vocabulary 128,256, tied embeddings) with SmolLM2's tokenizer",
+}
+# Llama-3.2-1B's config.json: a model size users fine-tune, built without a download
+LLAMA_1B_SHAPE = {
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+    "vocab_size": 128256,
+    "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0,
+    "rope_scaling": {
+        "rope_type": "llama3",
+        "factor": 32.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
+    "tie_word_embeddings": True,
+}
+BF16_PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0}  # dense bf16, from each GPU's data sheet
 ANSWER_LABELS = "bench_answer_labels"  # extra batch key: answer-only labels for tools whose labels cover more
 
 
@@ -75,6 +108,7 @@ class Settings:
     threads: int
     grouped_pool: int = 0  # examples rqa-grouped samples from; 0: the whole training file
     device: str = "cpu"  # or "cuda"
+    model: str = "smollm2"  # a key of MODELS
 
 
 @dataclass
@@ -98,6 +132,8 @@ class Result:
     peak_gpu_gb: float = 0.0  # peak allocated GPU memory (CUDA runs)
     gpu: str = ""
     packed_attention: str = ""  # how rqa's packed batches were attended to
+    model_tflops_per_s: float = 0.0  # the FLOPs the training objective needs (model_flops), per second
+    mfu: float = 0.0  # model FLOPs per second ÷ the GPU's dense bf16 peak; 0 where the peak is unknown
     step_s: list[float] = field(default_factory=list)
     load_at_end: float = 0.0  # 1-minute load average when the child finished: 2 is this process alone
     all_tokens_per_s: list[float] = field(default_factory=list)  # every repeat, when run more than once
@@ -123,6 +159,7 @@ def answer_ce(model: Any, batch: dict[str, Any], labels: Any) -> float:
         if k != "labels" and not k.startswith("bench_")
     }
     labels = labels.to(device)
+    model = unwrap_adapters(model)
     backbone = getattr(model, model.base_model_prefix)
     with torch.no_grad():
         # no KV cache: with one, transformers skips the packed-sequence mask and padding-free rows would mix
@@ -133,8 +170,21 @@ def answer_ce(model: Any, batch: dict[str, Any], labels: Any) -> float:
         return float(F.cross_entropy(logits, targets[mask]))
 
 
+def unwrap_adapters(model: Any) -> Any:
+    """The causal LM inside a peft wrapper (LoRA runs), else the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def example_lengths(features: list[dict[str, Any]]) -> list[int]:
+    """Each example's real length: rows padded in the dataset (the LocalRQA way) carry an attention mask."""
+    return [
+        int(sum(feature["attention_mask"])) if "attention_mask" in feature else len(feature["input_ids"])
+        for feature in features
+    ]
+
+
 class BatchRecorder:
-    """Wraps a tool's collator: counts each batch's real and computed tokens, scores the first batch."""
+    """Wraps a tool's collator: counts each batch's real, computed and answer tokens, scores the first batch."""
 
     def __init__(self, collator: Any, model: Any) -> None:
         self.collator, self.model = collator, model
@@ -151,12 +201,55 @@ class BatchRecorder:
             if "attention_mask" in batch
             else sum(len(feature["input_ids"]) for feature in features)
         )
-        self.batches.append({"real": real, "computed": int(batch["input_ids"].numel())})
+        targets = batch["labels"] if answer_labels is None else answer_labels
+        lengths = example_lengths(features)
+        self.batches.append(
+            {
+                "real": real,
+                "computed": int(batch["input_ids"].numel()),
+                "answer": int((targets != -100).sum()),
+                "squared_lengths": sum(length * length for length in lengths),
+            }
+        )
         if self.first_batch_ce is None:  # collated before the first forward: the weights are untouched
-            self.first_batch_ce = answer_ce(
-                self.model, batch, batch["labels"] if answer_labels is None else answer_labels
-            )
+            self.first_batch_ce = answer_ce(self.model, batch, targets)
         return batch
+
+
+def model_flops(model: Any, batches: list[dict[str, int]], adapters: bool) -> float:
+    """The FLOPs the training objective needs on these batches, whatever a tool computes beyond them.
+
+    Per real token a forward and backward pass cost 6 FLOPs per weight of the backbone's matrix products (4
+    where LoRA freezes the weights: no weight gradients), the LM head the same per answer token only (the loss
+    needs no logits elsewhere), and causal attention 6 × layers × width × length² per example. Padding,
+    rounding and logits at prompt positions are a tool's own extra work and count for nobody.
+    """
+    import torch
+
+    model = unwrap_adapters(model)
+    config = model.config
+    backbone = getattr(model, model.base_model_prefix)
+    body = sum(
+        module.weight.numel()
+        for name, module in backbone.named_modules()
+        if isinstance(module, torch.nn.Linear) and "lora_" not in name
+    )
+    head = model.get_output_embeddings().weight.numel()
+    width = config.num_attention_heads * (
+        getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    )
+    per_weight = 4 if adapters else 6
+    return float(
+        sum(
+            per_weight * (body * b["real"] + head * b["answer"])
+            + 6 * config.num_hidden_layers * width * b["squared_lengths"]
+            for b in batches
+        )
+    )
+
+
+def bf16_peak_tflops(gpu: str) -> float:
+    return next((peak for name, peak in BF16_PEAK_TFLOPS.items() if name in gpu), 0.0)
 
 
 def watch_compute_dtype(model: Any) -> set[str]:
@@ -257,6 +350,46 @@ def load_model(path: str) -> Any:
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
 
 
+def model_path(settings: Settings) -> str:
+    """The checkpoint every tool trains: the embedded generator or the 1B-shaped model built by ``build_model``."""
+    return generator_path() if settings.model == "smollm2" else str(CACHE_DIR / f"{settings.model}-random")
+
+
+def build_model(settings: Settings) -> None:
+    """Saves a randomly initialised fp32 model of Llama-3.2-1B's shape once, so that every tool loads the same."""
+    target = Path(model_path(settings))
+    if settings.model == "smollm2" or (target / "config.json").exists():
+        return
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(generator_path())
+    config = LlamaConfig(
+        **LLAMA_1B_SHAPE,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=CACHE_DIR))
+    LlamaForCausalLM(config).save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    os.replace(staging, target)
+
+
+def lora_config() -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=LORA["r"],
+        lora_alpha=LORA["alpha"],
+        lora_dropout=LORA["dropout"],
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+
+
 def rqa_trainer(settings: Settings, output_dir: str, encoded: list[dict[str, Any]], tool: str) -> Any:
     """rqa as ``rqa train`` assembles it: RqaTrainingArguments, its collator choice, answer-ce."""
     from rqa.config import RqaTrainingArguments
@@ -264,7 +397,7 @@ def rqa_trainer(settings: Settings, output_dir: str, encoded: list[dict[str, Any
     from rqa.plugins import get_plugins
     from rqa.trainer import RqaTrainer
 
-    path = generator_path()
+    path = model_path(settings)
     tokenizer = load_tokenizer(path)
     options = common_args(settings, output_dir, "group_by_length" if tool == "rqa-grouped" else "sequential")
     options["gradient_checkpointing"] = tool.endswith("-gc")
@@ -273,6 +406,8 @@ def rqa_trainer(settings: Settings, output_dir: str, encoded: list[dict[str, Any
     if tool.startswith("rqa-micro"):
         options["per_device_train_batch_size"] = 1
         options["gradient_accumulation_steps"] = settings.batch_size
+    if tool == "rqa-lora":
+        options |= {"lora_r": LORA["r"], "lora_alpha": LORA["alpha"], "lora_dropout": LORA["dropout"]}
     padding_free = "false" if tool in ("rqa-padded", "rqa-grouped") else "auto"
     args = RqaTrainingArguments(**options, max_seq_length=settings.max_length, padding_free=padding_free)
     model = load_for_training(args, path)  # as `rqa train` loads it: the checkpoint is fp32
@@ -286,13 +421,15 @@ def rqa_trainer(settings: Settings, output_dir: str, encoded: list[dict[str, Any
     )
 
 
-def trl_trainer(settings: Settings, output_dir: str, rendered: list[Any], padding_free: bool) -> Any:
+def trl_trainer(
+    settings: Settings, output_dir: str, rendered: list[Any], padding_free: bool, adapters: bool = False
+) -> Any:
     """TRL's SFTTrainer on prompt-completion rows holding rqa's rendered prompt and answer text."""
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    path = generator_path()
+    path = model_path(settings)
     rows = [{"prompt": r.prompt, "completion": r.answer} for r in rendered]
     config = SFTConfig(
         **common_args(settings, output_dir),
@@ -306,6 +443,7 @@ def trl_trainer(settings: Settings, output_dir: str, rendered: list[Any], paddin
         args=config,
         train_dataset=Dataset.from_list(rows),
         processing_class=AutoTokenizer.from_pretrained(path),
+        peft_config=lora_config() if adapters else None,
     )
 
 
@@ -313,7 +451,7 @@ def localrqa_trainer(settings: Settings, output_dir: str, rendered: list[Any], e
     """LocalRQA's recipe: tokenize the whole text padded to max_length, labels = input_ids (padding included)."""
     from transformers import AutoTokenizer, Trainer, TrainingArguments, default_data_collator
 
-    path = generator_path()
+    path = model_path(settings)
     tokenizer = AutoTokenizer.from_pretrained(path)
     rows = []
     for text, item in zip((r.text for r in rendered), encoded, strict=True):
@@ -381,8 +519,10 @@ def run_tool(tool: str, settings: Settings) -> Result:
     with tempfile.TemporaryDirectory(dir=CACHE_DIR, prefix="train-") as output_dir:
         if tool in RQA_TOOLS:
             trainer = rqa_trainer(settings, output_dir, encoded, tool)
-        elif tool in ("trl", "trl-padding-free"):
-            trainer = trl_trainer(settings, output_dir, rendered, padding_free=tool == "trl-padding-free")
+        elif tool in ("trl", "trl-padding-free", "trl-lora"):
+            trainer = trl_trainer(
+                settings, output_dir, rendered, padding_free=tool == "trl-padding-free", adapters=tool == "trl-lora"
+            )
         elif tool == "localrqa-way":
             trainer = localrqa_trainer(settings, output_dir, rendered, encoded)
         else:
@@ -410,6 +550,8 @@ def run_tool(tool: str, settings: Settings) -> Result:
     packed = ""
     if tool in RQA_TOOLS and implementation == "sdpa_packed":
         packed = "flash varlen kernel" if varlen_calls["varlen"] else "SDPA per example"
+    flops_per_s = model_flops(trainer.model, measured, adapters=tool.endswith("-lora")) / seconds
+    peak = bf16_peak_tflops(torch.cuda.get_device_name()) if on_gpu and settings.precision == "bf16" else 0.0
     return Result(
         tool=tool,
         precision=settings.precision,
@@ -430,6 +572,8 @@ def run_tool(tool: str, settings: Settings) -> Result:
         peak_gpu_gb=torch.cuda.max_memory_allocated() / 1024**3 if on_gpu else 0.0,
         gpu=torch.cuda.get_device_name() if on_gpu else "",
         packed_attention=packed or implementation,
+        model_tflops_per_s=flops_per_s / 1e12,
+        mfu=flops_per_s / 1e12 / peak if peak else 0.0,
         step_s=[round(s, 3) for s in step_s],
         load_at_end=os.getloadavg()[0],
         notes=notes,
@@ -461,6 +605,8 @@ def report(results: list[Result], settings: Settings, load_before: str, write: b
         "setup s",
         "load",
     ]
+    if on_gpu:
+        columns[4:4] = ["model TFLOP/s", "MFU"]
     rows = [
         [
             r.tool,
@@ -479,13 +625,17 @@ def report(results: list[Result], settings: Settings, load_before: str, write: b
         ]
         for r in results
     ]
+    if on_gpu:
+        for row, r in zip(rows, results, strict=True):
+            row[4:4] = [f"{r.model_tflops_per_s:.0f}", f"{r.mfu:.1%}" if r.mfu else "-"]
     ratio_rows = []
     for name in RQA_TOOLS:
         if name not in by_tool:
             continue
         mine = by_tool[name]
         for baseline in BASELINES:
-            if baseline in by_tool:
+            # adapters against adapters, every weight against every weight
+            if baseline in by_tool and name.endswith("-lora") == baseline.endswith("-lora"):
                 other = by_tool[baseline]
                 ratio_rows.append(
                     [
@@ -497,6 +647,8 @@ def report(results: list[Result], settings: Settings, load_before: str, write: b
                 )
     ratio_columns = ["ratio", "real tokens/s", "peak GPU memory" if on_gpu else "peak RSS", "computed tokens"]
     where = f"{settings.precision} on {results[0].gpu}" if on_gpu else settings.precision
+    if settings.model != "smollm2":
+        where += f", {settings.model}"
     title = f"training, {where}: {settings.steps} measured steps after {settings.warmup} warm-up"
     print_table(title, columns, rows)
     print_table(
@@ -518,11 +670,25 @@ def report(results: list[Result], settings: Settings, load_before: str, write: b
             "on the GPU, memory is each process's peak allocated GPU memory, and steps are timed after the device "
             "has finished them; rqa's packed batches were attended to by: " + "; ".join(attention)
         )
+        notes.append(
+            "'model TFLOP/s' counts the FLOPs the training objective needs, the same for every tool on the same "
+            "batches: 6 per backbone weight per real token (4 for LoRA, which computes no weight gradients), the "
+            "LM head's the same per answer token only, and causal attention (6 × layers × width × length² per "
+            "example); padding, rounding and logits at prompt positions are a tool's extra work and count for "
+            f"nobody. 'MFU' sets them against the GPU's dense bf16 peak ({bf16_peak_tflops(results[0].gpu):.0f} "
+            "TFLOP/s on its data sheet)"
+        )
+    if any(r.tool.endswith("-lora") for r in results):
+        notes.append(
+            f"LoRA: rank {LORA['r']}, alpha {LORA['alpha']}, dropout {LORA['dropout']} on every linear layer of the "
+            "backbone (peft's 'all-linear'), the same adapters for both tools; ratios compare adapters with adapters"
+        )
     body = "\n\n".join(
         [
             f"## Training throughput, {where}",
             section_preamble(load_before, accelerator=results[0].gpu),
-            f"SmolLM2-135M-Instruct (embedded), first {settings.examples} Faire training examples in file order, "
+            f"{MODELS[settings.model][0].upper()}{MODELS[settings.model][1:]}, first {settings.examples} Faire "
+            "training examples in file order, "
             f"batch {settings.batch_size}, max length {settings.max_length}, {settings.steps} measured steps after "
             f"{settings.warmup} warm-up steps, each tool in its own process. Real tokens exclude padding; "
             "'padding' is padding ÷ computed tokens; 'computed in' the dtype the backbone's first projection "
@@ -532,14 +698,21 @@ def report(results: list[Result], settings: Settings, load_before: str, write: b
             "(fp32) from the batch its own collator built; 'own loss 1' the tool's logged loss on that batch (the "
             "LocalRQA way's covers prompt and padding tokens too); 'ids = rqa' how many rows hold exactly rqa's "
             "input ids and labels; 'setup s' process start to the first step (imports, model, data); 'load' the "
-            "1-minute load average as the run ended (2 = this run alone on 2 cores). With several runs per tool "
+            "1-minute load average as the run ended (on a 2-core CPU, 2 = this run alone). With several runs per tool "
             "('runs tok/s', alternating order) the fastest is shown: other processes only ever add time.",
             markdown_table(columns, [[TOOLS[row[0]], *row[1:]] for row in rows]),
             markdown_table(ratio_columns, ratio_rows),
             *(f"Note: {note}." for note in notes),
         ]
     )
-    write_section(f"bench_train:cuda-{settings.precision}" if on_gpu else f"bench_train:{settings.precision}", body)
+    write_section(section_name(settings), body)
+
+
+def section_name(settings: Settings) -> str:
+    name = (
+        f"bench_train:cuda-{settings.precision}" if settings.device == "cuda" else f"bench_train:{settings.precision}"
+    )
+    return name if settings.model == "smollm2" else f"{name}-{settings.model}"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -556,6 +729,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1, help="runs per tool, alternating order; best kept")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per child (0: torch's default)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where every tool trains")
+    parser.add_argument("--model", choices=list(MODELS), default="smollm2", help="what every tool trains")
     parser.add_argument("--tools", nargs="+", choices=list(TOOLS), default=DEFAULT_TOOLS)
     parser.add_argument("--no_write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     parser.add_argument("--child", choices=list(TOOLS), help=argparse.SUPPRESS)
@@ -577,6 +751,7 @@ def main(argv: list[str]) -> None:
             args.threads,
             args.grouped_pool,
             args.device,
+            args.model,
         )
         emit_json(asdict(run_tool(args.child, settings)))
         return
@@ -591,15 +766,24 @@ def main(argv: list[str]) -> None:
             args.threads,
             args.grouped_pool,
             args.device,
+            args.model,
         )
+        build_model(settings)
         load_before = load_average()
         runs: dict[str, list[Result]] = {tool: [] for tool in args.tools}
         for round_ in range(args.repeats):
             # alternate the order so that a slow spell on the shared machine does not always hit the same tool
             for tool in args.tools if round_ % 2 == 0 else reversed(args.tools):
-                runs[tool].append(run_tool_in_child(tool, settings, round_))
+                try:
+                    runs[tool].append(run_tool_in_child(tool, settings, round_))
+                except RuntimeError as error:  # one tool failing must not cost the others' measurements
+                    print(f"failed:\n{error}", flush=True)
+        if not any(runs.values()):
+            raise SystemExit("no tool finished a run")
         results = []
         for tool in args.tools:  # the fastest run: interference from other processes only ever adds time
+            if not runs[tool]:
+                continue
             best = max(runs[tool], key=lambda r: r.real_tokens_per_s)
             best.all_tokens_per_s = [round(r.real_tokens_per_s, 1) for r in runs[tool]]
             results.append(best)
@@ -619,7 +803,7 @@ def run_tool_in_child(tool: str, settings: Settings, round_: int) -> Result:
         *("--steps", str(settings.steps), "--warmup", str(settings.warmup)),
         *("--batch_size", str(settings.batch_size), "--max_length", str(settings.max_length)),
         *("--examples", str(settings.examples), "--threads", str(settings.threads)),
-        *("--grouped_pool", str(settings.grouped_pool), "--device", settings.device),
+        *("--grouped_pool", str(settings.grouped_pool), "--device", settings.device, "--model", settings.model),
     ]
     result = Result(**run_child(child_argv))
     print(

@@ -34,6 +34,7 @@ SECTION_ORDER = (
     "bench_train:fp32",
     "bench_train:bf16",
     "bench_train:cuda-bf16",
+    "bench_train:cuda-bf16-llama-1b",
     "bench_eval",
     "bench_quality",
     "bench_retriever",
