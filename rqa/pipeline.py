@@ -6,6 +6,7 @@ half alone.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,8 +20,9 @@ from rqa.registry import parse_component_spec, validate_options
 from rqa.schema import Document, Example, read_documents
 
 log = logging.getLogger("rqa")
-# given by the command when it builds a component, never by the user: ``model`` is the embedder a retriever loss trains
-RUNTIME_CONTEXT = frozenset({"tokenizer", "embedding_model", "top_k", "model"})
+# given by the command when it builds a component, never by the user: ``model`` is the embedder a retriever loss trains,
+# ``encoder`` an embedder already loaded that a retriever uses instead of loading ``embedding_model`` again
+RUNTIME_CONTEXT = frozenset({"tokenizer", "embedding_model", "top_k", "model", "encoder"})
 # the same for one kind only: how that embedder reads passages is ``--embed_urls`` (a retriever's own option)
 KIND_CONTEXT = {"retriever_losses": frozenset({"embed_urls"})}
 
@@ -52,6 +54,13 @@ def choose(
     if probe is not None:
         choice.build(**probe)
     return choice
+
+
+def with_defaults(choice: ComponentChoice, **defaults: Any) -> ComponentChoice:
+    """``choice`` with ``defaults`` for the options its component takes and the user left unset."""
+    accepted = inspect.signature(get_plugins()[choice.kind].get(choice.name).factory).parameters
+    unset = {key: value for key, value in defaults.items() if key in accepted and key not in choice.options}
+    return ComponentChoice(choice.kind, choice.name, {**unset, **choice.options})
 
 
 def choose_all(checks: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -115,9 +124,13 @@ def build_retriever(
     index_dir: str | Path | None,
     rebuild: str = "auto",
     embedding_model: str | None = None,
+    encoder: Any = None,
 ) -> Any:
-    """Build the retriever (``embedding_model`` goes to factories that take one) and load or build its index."""
+    """Build the retriever (``embedding_model``, and ``encoder`` when that model is already loaded, go to factories
+    that take them) and load or build its index."""
     context = {"embedding_model": embedding_model} if embedding_model else {}
+    if encoder is not None:
+        context["encoder"] = encoder
     retriever = choice.build(**context)
     built = retriever.build(documents, index_dir, rebuild=rebuild, progress=True)
     where = f" at {index_dir}" if index_dir else ""

@@ -277,9 +277,11 @@ def _training_data(
         began = time.perf_counter()
         miner = None
         if mining is not None:
-            from rqa.pipeline import build_retriever
+            from rqa.pipeline import build_retriever, with_defaults
 
-            miner = build_retriever(mining, documents, None, embedding_model=args.model_name_or_path)
+            # the starting model as loaded here (its pooling too), reading passages as training will
+            mining = with_defaults(mining, embed_urls=embed_urls)
+            miner = build_retriever(mining, documents, None, embedding_model=args.model_name_or_path, encoder=model)
         train = mine_hard_negatives(train, documents, model, args.mine_hard_negatives, embed_urls, miner)
         log.info("mined up to %d hard negatives per question in %.0f s", args.mine_hard_negatives,
                  time.perf_counter() - began)  # fmt: skip

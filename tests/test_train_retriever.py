@@ -271,6 +271,35 @@ def test_hard_negatives_are_mined_with_a_named_retriever(tiny_embedder):
     assert mined.hard_neg_docs[0] == lexical_twin
 
 
+def test_the_mining_retriever_ranks_with_the_loaded_model_reading_passages_as_training_does(tiny_embedder):
+    """Its dense members get the model already loaded (with the pooling training uses, no second load) and, unless
+    the spec says otherwise, --embed_urls as training settled it: a dense miner then mines what the default does."""
+    from helpers import document, example
+    from sentence_transformers import SentenceTransformer
+
+    from rqa.pipeline import build_retriever, choose, with_defaults
+    from rqa.retriever_data import mine_hard_negatives
+
+    model = SentenceTransformer(str(tiny_embedder / "st"))
+    database = [document(f"Passage {i} about kettles, lids and warranty number {i}.") for i in range(8)]
+    questions = [
+        example(question=f"Which warranty covers lid {i}?", passages=(database[i].page_content,)) for i in (1, 5)
+    ]
+
+    def miner(spec: str):
+        mining = with_defaults(choose("retrievers", spec), embed_urls=False)
+        return build_retriever(mining, database, None, embedding_model=str(tiny_embedder / "st"), encoder=model)
+
+    hybrid = miner("hybrid:depth=10")
+    assert hybrid.members["dense-faiss"].encoder is model and hybrid.members["dense-faiss"].embed_urls is False
+    dense = miner("dense-faiss")
+    assert dense.encoder is model and dense.embed_urls is False
+    assert miner("dense-faiss:embed_urls=true").embed_urls is True  # the spec's own value wins
+    assert with_defaults(choose("retrievers", "bm25"), embed_urls=False).options == {}  # not an option of bm25
+    default = mine_hard_negatives(questions, database, model, 3, embed_urls=False)
+    assert mine_hard_negatives(questions, database, model, 3, embed_urls=False, retriever=dense) == default
+
+
 def test_training_mines_with_the_named_retriever_and_refuses_an_unknown_one(tiny_embedder, tmp_path, capsys):
     common = [
         *("--model_name_or_path", str(tiny_embedder / "st")),

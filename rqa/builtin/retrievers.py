@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 from rqa.hookspecs import hookimpl
 from rqa.models import DEFAULT_EMBEDDER
 
@@ -11,10 +14,12 @@ def dense_faiss(
     batch_size: int = 64,
     device: str | None = None,
     embed_urls: bool | None = None,
+    encoder: Any = None,
 ):
     """Dense embeddings (all-MiniLM-L6-v2 embedded by default) searched in faiss.
 
     ``embed_urls=false`` embeds passages without their URLs (default: as the model folder records, else with them).
+    ``encoder`` (given by a command, not a user): ``embedding_model`` already loaded, used as it is.
     """
     from rqa.retrieval import DenseFaissRetriever
 
@@ -24,6 +29,7 @@ def dense_faiss(
         batch_size=batch_size,
         device=device,
         embed_urls=embed_urls,
+        encoder=encoder,
     )
 
 
@@ -32,6 +38,7 @@ def e5_faiss(
     batch_size: int = 64,
     device: str | None = None,
     embed_urls: bool | None = None,
+    encoder: Any = None,
 ):
     """E5 embeddings with 'query: ' / 'passage: ' prefixes (intfloat/e5-base-v2 by default) in faiss."""
     from rqa.retrieval import DenseFaissRetriever
@@ -44,6 +51,7 @@ def e5_faiss(
         batch_size=batch_size,
         device=device,
         embed_urls=embed_urls,
+        encoder=encoder,
     )
 
 
@@ -53,12 +61,15 @@ def hybrid(
     weights: str = "",
     rank_constant: float = 60.0,
     depth: int = 50,
+    embed_urls: bool | None = None,
+    encoder: Any = None,
 ):
     """Several retrievers fused by reciprocal rank: dense embeddings and BM25 (rqa-bm25) by default.
 
-    ``members``: registered retriever names joined by ``+``, each with its defaults (``--embedding_model`` goes to
-    those that take one); ``weights``: one per member, joined the same way (default 1 each); ``rank_constant``: RRF's
-    k; ``depth``: how many passages each member ranks. ``+``, not a comma: commas separate a spec's options
+    ``members``: registered retriever names joined by ``+``, each with its defaults (``--embedding_model``, and the
+    loaded ``encoder`` a command may give, go to those that take one); ``weights``: one per member, joined the same
+    way (default 1 each); ``rank_constant``: RRF's k; ``depth``: how many passages each member ranks;
+    ``embed_urls``: passed to the members that take it. ``+``, not a comma: commas separate a spec's options
     (``--retriever hybrid:depth=20,weights=1+0.5``).
     """
     from rqa.fusion import HybridRetriever
@@ -74,8 +85,13 @@ def hybrid(
     except ValueError:
         raise ValueError(f"weights must be numbers joined by '+', one per member, got {weights!r}") from None
     registry = get_plugins()["retrievers"]
-    context = {"embedding_model": embedding_model} if embedding_model else {}
-    built = {name: registry.build(name, {}, **context) for name in names}
+    context: dict[str, Any] = {"embedding_model": embedding_model} if embedding_model else {}
+    if encoder is not None:
+        context["encoder"] = encoder
+    built = {}
+    for name in names:
+        takes_urls = embed_urls is not None and "embed_urls" in inspect.signature(registry.get(name).factory).parameters
+        built[name] = registry.build(name, {"embed_urls": embed_urls} if takes_urls else {}, **context)
     return HybridRetriever(built, scales, rank_constant=rank_constant, depth=depth)
 
 
