@@ -20,7 +20,8 @@ one changes.
 Hybrid: BM25 alone (the rqa-bm25 plugin), and the `hybrid` retriever (reciprocal-rank fusion of dense embeddings and
 BM25) with the base MiniLM and with the model the `rqa` variant trained, each through `rqa evaluate --retrieval_only`;
 `hybrid-mined` trains with hard negatives mined from that fusion (`--mining_retriever hybrid`) instead of the base
-model's embeddings alone.
+model's embeddings alone; `bm25-mined` mines them with BM25 alone. `inverse-cloze` adds one pseudo-question per database
+passage (`--inverse_cloze 1`).
 
 Answers: one epoch of gold-passage SFT (bench_quality's settings), its test set answered end to end once with the
 base MiniLM and once with the retriever the `rqa` variant trained; `answers-raft` adds SFT whose RAFT contexts come
@@ -57,8 +58,8 @@ from common import (
 
 RQA = str(Path(sys.executable).parent / "rqa")
 KEYS = ("retr/recall@1", "retr/recall@4", "retr/ndcg@4", "retr/mrr")
-VARIANTS = ("base", "bm25", "hybrid", "plain", "rqa", "hybrid-trained", "hybrid-mined", "replug", "speed", "answers",
-            "answers-hybrid", "answers-raft")  # fmt: skip
+VARIANTS = ("base", "bm25", "hybrid", "plain", "rqa", "hybrid-trained", "hybrid-mined", "bm25-mined", "inverse-cloze",
+            "replug", "speed", "answers", "answers-hybrid", "answers-raft")  # fmt: skip
 ANSWER_KEYS = (
     "retr/recall@4",
     "gen/f1",
@@ -315,6 +316,14 @@ def main(argv: list[str]) -> int:
         wait_for_quiet()
         scores, _, seconds = train_retriever(work / "hybrid-mined", ["--mining_retriever", "hybrid"])
         quality["hybrid-mined"] = ("`rqa train-retriever --mining_retriever hybrid`", scores, f"{seconds:.0f}")
+    if "bm25-mined" in args.variants:
+        wait_for_quiet()
+        scores, _, seconds = train_retriever(work / "bm25-mined", ["--mining_retriever", "bm25"])
+        quality["bm25-mined"] = ("`rqa train-retriever --mining_retriever bm25`", scores, f"{seconds:.0f}")
+    if "inverse-cloze" in args.variants:
+        wait_for_quiet()
+        scores, _, seconds = train_retriever(work / "inverse-cloze", ["--inverse_cloze", "1"])
+        quality["inverse-cloze"] = ("`rqa train-retriever --inverse_cloze 1`", scores, f"{seconds:.0f}")
     if "replug" in args.variants:
         wait_for_quiet()
         scores, _, seconds = train_retriever(work / "replug", REPLUG_FLAGS)

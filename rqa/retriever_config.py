@@ -122,6 +122,14 @@ class RqaRetrieverTrainingArguments(SentenceTransformerTrainingArguments):
             "passages. More give the loss more hard choices per step for more encoding per row."
         },
     )
+    inverse_cloze: int = field(
+        default=0,
+        metadata={
+            "help": "Pseudo-questions made from each database passage besides the QA records (inverse cloze: one "
+            "of its sentences, to be matched with the rest of the passage). They teach the embedder the passages "
+            "no question covers, and what tells an article's chunks apart. 0: none."
+        },
+    )
     loss: str = field(default="contrastive", metadata={"help": "Retriever loss name (see `rqa list-plugins`)."})
     loss_option: list[str] = field(default_factory=list, metadata={"help": "Loss option KEY=VALUE (repeatable)."})
     top_k: int = field(default=4, metadata={"help": "Passages retrieved per question when evaluating."})

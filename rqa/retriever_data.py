@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import re
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
@@ -131,6 +132,33 @@ def training_rows(
             row = {"anchor": example.question, "positive": positive, **dict(zip(names, negatives, strict=True))}
             groups.setdefault(len(negatives), []).append(row)
     return dict(sorted(groups.items(), reverse=True))
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def inverse_cloze_rows(
+    documents: Sequence[Document], per_passage: int, seed: int, embed_urls: bool = True, keep_rate: float = 0.1
+) -> list[dict[str, str]]:
+    """Pseudo-questions from the database itself (Lee et al.'s inverse cloze task): a sentence of a passage is the
+    anchor and the passage without it the positive (with it in ``keep_rate`` of the rows, so that word overlap
+    still counts). Passages of fewer than two sentences of four words or more are skipped."""
+    rng = random.Random(seed)
+    rows: list[dict[str, str]] = []
+    for document in documents:
+        sentences = [s for s in _SENTENCE_END.split(document.page_content) if len(s.split()) >= 4]
+        if len(sentences) < 2:
+            continue
+        for sentence in rng.sample(sentences, min(per_passage, len(sentences))):
+            passage = document
+            if rng.random() >= keep_rate:
+                passage = dataclasses.replace(
+                    document,
+                    page_content=document.page_content.replace(sentence, "", 1),
+                    fmt_content=document.fmt_content.replace(sentence, "", 1),
+                )
+            rows.append({"anchor": sentence.strip(), "positive": passage_text(passage, embed_urls)})
+    return rows
 
 
 def training_dataset(groups: dict[int, list[dict[str, str]]]) -> Any:

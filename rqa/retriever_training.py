@@ -25,6 +25,7 @@ from rqa.retrieval import DenseFaissRetriever, record_embed_urls, settle_embed_u
 from rqa.retriever_data import (
     check_gold_in_database,
     check_hard_negatives,
+    inverse_cloze_rows,
     mine_hard_negatives,
     training_dataset,
     training_rows,
@@ -286,6 +287,10 @@ def _training_data(
         log.info("mined up to %d hard negatives per question in %.0f s", args.mine_hard_negatives,
                  time.perf_counter() - began)  # fmt: skip
     groups = training_rows(train, args.hard_neg_ratio, args.seed, args.negatives_per_row, embed_urls)
+    if args.inverse_cloze:
+        pseudo = inverse_cloze_rows(documents, args.inverse_cloze, args.seed, embed_urls)
+        groups = dict(sorted({**groups, 0: [*groups.get(0, []), *pseudo]}.items(), reverse=True))
+        log.info("%d inverse-cloze rows from %d database passages", len(pseudo), len(documents))
     log.info("%d training rows; by hard negatives carried: %s", sum(map(len, groups.values())),
              ", ".join(f"{count}: {len(rows)}" for count, rows in groups.items()))  # fmt: skip
     return training_dataset(groups)

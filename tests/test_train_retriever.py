@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -322,6 +323,41 @@ def test_training_mines_with_the_named_retriever_and_refuses_an_unknown_one(tiny
     said = " ".join("".join(capsys.readouterr()).split())
     assert "--mining_retriever bm25 is not used: --mine_hard_negatives is 0" in said
     assert "bm25 index: built" not in said
+
+
+def test_training_adds_inverse_cloze_rows_from_the_database(tiny_embedder, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = [
+        *("--model_name_or_path", str(tiny_embedder / "st"), "--train_file", str(EXAMPLE / "train_w_qa.jsonl")),
+        *("--full_dataset_file_path", str(EXAMPLE / "documents.jsonl"), "--inverse_cloze", "1"),
+        *("--max_steps", "2", "--per_device_train_batch_size", "4", "--report_to", "none", "--output_dir", str(out)),
+    ]
+    assert run(*argv) == 0
+    said = " ".join("".join(capsys.readouterr()).split())
+    assert re.search(r"\b[1-9]\d* inverse-cloze rows from \d+ database passages", said)
+    assert json.loads((out / "rqa_args.json").read_text())["inverse_cloze"] == 1
+
+
+def test_inverse_cloze_rows_ask_for_a_passage_with_one_of_its_sentences():
+    from rqa.retriever_data import inverse_cloze_rows
+    from rqa.schema import Document
+
+    sentences = ["The kettle holds two litres of water.", "Its lid opens with the button.", "Descale it every month."]
+    long = Document(
+        " ".join(sentences), "Source: https://example.com/kettle\nTitle: Kettle\nContent: " + " ".join(sentences)
+    )
+    short = Document("One sentence only, nothing else.", "Title: Short\nContent: One sentence only, nothing else.")
+    rows = inverse_cloze_rows([long, short], per_passage=2, seed=3, keep_rate=0.0)
+
+    assert len(rows) == 2  # two of the long passage's sentences; the one-sentence passage has no rest to match
+    assert len({row["anchor"] for row in rows}) == 2 and all(row["anchor"] in sentences for row in rows)
+    for row in rows:
+        assert row["anchor"] not in row["positive"]  # the rest of the passage, as rqa embeds it
+        assert row["positive"].startswith("Source: https://example.com/kettle\nTitle: Kettle")
+        assert all(other in row["positive"] for other in sentences if other != row["anchor"])
+    assert rows == inverse_cloze_rows([long, short], per_passage=2, seed=3, keep_rate=0.0)  # the seed decides
+    kept = inverse_cloze_rows([long], per_passage=1, seed=3, keep_rate=1.0, embed_urls=False)
+    assert kept[0]["anchor"] in kept[0]["positive"] and "https://" not in kept[0]["positive"]
 
 
 def test_rows_carry_up_to_negatives_per_row_grouped_by_how_many():
