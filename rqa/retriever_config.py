@@ -174,6 +174,8 @@ class RqaRetrieverTrainingArguments(SentenceTransformerTrainingArguments):
             raise ValueError(f"--mine_hard_negatives must be 0 or more, got {self.mine_hard_negatives}")
         if self.max_seq_length is not None and self.max_seq_length < 1:
             raise ValueError(f"--max_seq_length must be at least 1, got {self.max_seq_length}")
+        if self.inverse_cloze < 0:
+            raise ValueError(f"--inverse_cloze must be 0 or more, got {self.inverse_cloze}")
         if self.negatives_per_row < 1:
             raise ValueError(f"--negatives_per_row must be at least 1, got {self.negatives_per_row}")
         if self.top_k < 1:

@@ -177,7 +177,8 @@ def run_retriever_training(args: RqaRetrieverTrainingArguments, console: Any = N
     check_output_dir(args)
     train, evaluation, test = inputs["train"], inputs.get("eval", []), inputs.get("test", [])
     documents = inputs.get("documents")
-    if documents is None and (evaluation or test or args.mine_hard_negatives or loss_choice.name == "replug"):
+    needs_database = args.mine_hard_negatives or args.inverse_cloze or loss_choice.name == "replug"
+    if documents is None and (evaluation or test or needs_database):
         documents = load_database(None, [*train, *evaluation, *test])
     metrics = metric_factories(["retrieval"], args.top_k)
 
@@ -273,6 +274,10 @@ def _training_data(
         why = f"the loss '{args.loss}' makes its own rows" if args.mine_hard_negatives else "--mine_hard_negatives is 0"
         log.warning("--mining_retriever %s is not used: %s", mining.name, why)
     if isinstance(loss, SupportsTrainingData):
+        if args.inverse_cloze:
+            log.warning(
+                "--inverse_cloze %d is not used: the loss '%s' makes its own rows", args.inverse_cloze, args.loss
+            )
         return loss.training_data(train, documents)
     if args.mine_hard_negatives:
         began = time.perf_counter()

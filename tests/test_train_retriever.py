@@ -337,6 +337,12 @@ def test_training_adds_inverse_cloze_rows_from_the_database(tiny_embedder, tmp_p
     assert re.search(r"\b[1-9]\d* inverse-cloze rows from \d+ database passages", said)
     assert json.loads((out / "rqa_args.json").read_text())["inverse_cloze"] == 1
 
+    bad = [*argv[:-1], str(tmp_path / "bad")]
+    bad[bad.index("--inverse_cloze") + 1] = "-1"
+    assert run(*bad) != 0
+    assert "--inverse_cloze must be 0 or more, got -1" in "".join(capsys.readouterr())
+    assert not (tmp_path / "bad").exists()
+
 
 def test_inverse_cloze_rows_ask_for_a_passage_with_one_of_its_sentences():
     from rqa.retriever_data import inverse_cloze_rows
