@@ -152,6 +152,8 @@ def answer_ce(model: Any, batch: dict[str, Any], labels: Any) -> float:
     import torch
     import torch.nn.functional as F
 
+    from rqa.trainer import unwrapped
+
     device = model.device  # collators build batches on the CPU; Trainer moves them to a GPU afterwards
     inputs = {
         k: v.to(device) if isinstance(v, torch.Tensor) else v
@@ -159,7 +161,7 @@ def answer_ce(model: Any, batch: dict[str, Any], labels: Any) -> float:
         if k != "labels" and not k.startswith("bench_")
     }
     labels = labels.to(device)
-    model = unwrap_adapters(model)
+    model = unwrapped(model)
     backbone = getattr(model, model.base_model_prefix)
     with torch.no_grad():
         # no KV cache: with one, transformers skips the packed-sequence mask and padding-free rows would mix
@@ -168,11 +170,6 @@ def answer_ce(model: Any, batch: dict[str, Any], labels: Any) -> float:
         mask = targets != -100
         logits = model.get_output_embeddings()(hidden[mask]).float()
         return float(F.cross_entropy(logits, targets[mask]))
-
-
-def unwrap_adapters(model: Any) -> Any:
-    """The causal LM inside a peft wrapper (LoRA runs), else the model itself."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def example_lengths(features: list[dict[str, Any]]) -> list[int]:
@@ -226,7 +223,9 @@ def model_flops(model: Any, batches: list[dict[str, int]], adapters: bool) -> fl
     """
     import torch
 
-    model = unwrap_adapters(model)
+    from rqa.trainer import unwrapped
+
+    model = unwrapped(model)
     config = model.config
     backbone = getattr(model, model.base_model_prefix)
     body = sum(

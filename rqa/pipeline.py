@@ -6,7 +6,6 @@ half alone.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -58,9 +57,10 @@ def choose(
 
 def with_defaults(choice: ComponentChoice, **defaults: Any) -> ComponentChoice:
     """``choice`` with ``defaults`` for the options its component takes and the user left unset."""
-    accepted = inspect.signature(get_plugins()[choice.kind].get(choice.name).factory).parameters
-    unset = {key: value for key, value in defaults.items() if key in accepted and key not in choice.options}
-    return ComponentChoice(choice.kind, choice.name, {**unset, **choice.options})
+    unset = {key: value for key, value in defaults.items() if key not in choice.options}
+    return ComponentChoice(
+        choice.kind, choice.name, {**get_plugins()[choice.kind].accepted(choice.name, unset), **choice.options}
+    )
 
 
 def choose_all(checks: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:

@@ -128,6 +128,12 @@ class Registry:
             )
         return message
 
+    def accepted(self, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The ``options`` component ``name``'s factory takes, others dropped: defaults a command offers to
+        whichever component was chosen (``embed_urls`` to a dense retriever, not to BM25)."""
+        parameters = inspect.signature(self.get(name).factory).parameters
+        return {key: value for key, value in options.items() if key in parameters}
+
     def create(self, name: str, options: Mapping[str, Any] | None = None, **context: Any) -> Any:
         """Build component ``name`` from user ``options`` plus runtime ``context`` it asks for by name."""
         component = self.get(name)

@@ -294,7 +294,7 @@ def _training_data(
     groups = training_rows(train, args.hard_neg_ratio, args.seed, args.negatives_per_row, embed_urls)
     if args.inverse_cloze:
         pseudo = inverse_cloze_rows(documents, args.inverse_cloze, args.seed, embed_urls)
-        groups = dict(sorted({**groups, 0: [*groups.get(0, []), *pseudo]}.items(), reverse=True))
+        groups.setdefault(0, []).extend(pseudo)  # no hard negatives: the last group of training_rows' order
         log.info("%d inverse-cloze rows from %d database passages", len(pseudo), len(documents))
     log.info("%d training rows; by hard negatives carried: %s", sum(map(len, groups.values())),
              ", ".join(f"{count}: {len(rows)}" for count, rows in groups.items()))  # fmt: skip

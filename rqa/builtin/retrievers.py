@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from rqa.hookspecs import hookimpl
@@ -88,10 +87,8 @@ def hybrid(
     context: dict[str, Any] = {"embedding_model": embedding_model} if embedding_model else {}
     if encoder is not None:
         context["encoder"] = encoder
-    built = {}
-    for name in names:
-        takes_urls = embed_urls is not None and "embed_urls" in inspect.signature(registry.get(name).factory).parameters
-        built[name] = registry.build(name, {"embed_urls": embed_urls} if takes_urls else {}, **context)
+    shared = {"embed_urls": embed_urls} if embed_urls is not None else {}
+    built = {name: registry.build(name, registry.accepted(name, shared), **context) for name in names}
     return HybridRetriever(built, scales, rank_constant=rank_constant, depth=depth)
 
 
