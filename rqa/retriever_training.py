@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sentence_transformers import SentenceTransformerTrainer
 from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
 from transformers import TrainerCallback
 
@@ -31,6 +32,7 @@ from rqa.retriever_data import (
     training_rows,
 )
 from rqa.schema import Document, Example
+from rqa.trainer import random_state_kept
 
 if TYPE_CHECKING:
     from rqa.pipeline import ComponentChoice
@@ -116,6 +118,16 @@ class DatabaseRetrievalEvaluator(SentenceEvaluator):
         return scores
 
 
+class RetrieverTrainer(SentenceTransformerTrainer):
+    """sentence-transformers' trainer, but evaluating leaves the training's random state as it was (its evaluation
+    loop iterates an empty DataLoader, which draws from torch's generator), so ``--eval_steps`` does not change
+    the trained model."""
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        with random_state_kept():
+            return super().evaluate(*args, **kwargs)
+
+
 def _choose_loss(args: RqaRetrieverTrainingArguments) -> Any:
     """The loss and its options; a loss flag (``--temperature``, ``--generator_model``…) that this loss does not
     take is ignored with a warning rather than refused, since LocalRQA's scripts pass them whatever the loss."""
@@ -182,7 +194,6 @@ def run_retriever_training(args: RqaRetrieverTrainingArguments, console: Any = N
         documents = load_database(None, [*train, *evaluation, *test])
     metrics = metric_factories(["retrieval"], args.top_k)
 
-    from sentence_transformers import SentenceTransformerTrainer
     from transformers.trainer_utils import IntervalStrategy
 
     model = load_embedder(args.model_name_or_path, args.pooling_type)
@@ -203,7 +214,7 @@ def run_retriever_training(args: RqaRetrieverTrainingArguments, console: Any = N
     stop = StopOnSignal()
     callbacks = [stop, RecordEmbedUrls(embed_urls)]
     callbacks += [RefreshCallback(loss)] if isinstance(loss, SupportsRefresh) else []
-    trainer = SentenceTransformerTrainer(
+    trainer = RetrieverTrainer(
         model=model, args=args, train_dataset=dataset, loss=loss, evaluator=evaluator, callbacks=callbacks
     )
     clear_for_overwrite(args)

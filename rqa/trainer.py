@@ -10,10 +10,14 @@ is applied exactly as in inference, and DDP, FSDP and DataParallel wrappers see 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import random
 import sys
+from collections.abc import Iterator
 from typing import Any
 
+import numpy
 import torch
 from transformers import Trainer
 
@@ -25,6 +29,24 @@ def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
     while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
         model = model.module
     return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+@contextlib.contextmanager
+def random_state_kept() -> Iterator[None]:
+    """Leaves torch's (CPU and current GPU), Python's and NumPy's random streams as it found them.
+
+    Evaluating draws from them: every DataLoader iterator draws a seed from torch's generator, an empty one too.
+    Without this, how often a run evaluates would change its later batches' order and dropout, and runs from the
+    same seed with different ``--eval_steps`` would train different models.
+    """
+    python_state, numpy_state = random.getstate(), numpy.random.get_state()
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(python_state)
+        numpy.random.set_state(numpy_state)
 
 
 @functools.cache
@@ -130,15 +152,19 @@ class RqaTrainer(Trainer):
         stop = next((c for c in self.callback_handler.callbacks if isinstance(c, StopFlag)), None)
         metrics: dict[str, float] = {}
         try:
-            if eval_dataset is not None or self.eval_dataset is not None:
-                metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-            if self.e2e_evaluator is not None:
-                scores = self.e2e_evaluator.evaluate_model(
-                    self.model, name=f"step-{self.state.global_step}", is_main=self.is_world_process_zero(), stop=stop
-                )
-                prefixed = {f"{metric_key_prefix}_{key}": value for key, value in scores.items()}
-                self.log(prefixed)
-                metrics.update(prefixed)
+            with random_state_kept():  # the checkpoint saved below keeps the training's own state
+                if eval_dataset is not None or self.eval_dataset is not None:
+                    metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+                if self.e2e_evaluator is not None:
+                    scores = self.e2e_evaluator.evaluate_model(
+                        self.model,
+                        name=f"step-{self.state.global_step}",
+                        is_main=self.is_world_process_zero(),
+                        stop=stop,
+                    )
+                    prefixed = {f"{metric_key_prefix}_{key}": value for key, value in scores.items()}
+                    self.log(prefixed)
+                    metrics.update(prefixed)
         except StopRequested:
             if not self.is_in_train or self.state.global_step == 0:
                 raise

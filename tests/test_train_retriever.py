@@ -622,3 +622,28 @@ def test_a_guide_leaves_out_the_negatives_it_scores_above_the_gold_passage(tiny_
         assert torch.isclose(left_alone(features, None), plain)
     with pytest.raises(ComponentOptionError, match="does not combine with hardness_mode or doc_to_query"):
         losses.build("contrastive", {"guide": "base", "directions": "query_to_doc;doc_to_query"}, model=model)
+
+
+def test_how_often_a_run_evaluates_does_not_change_the_trained_model(tiny_embedder, tmp_path):
+    """Evaluation's empty DataLoader draws from torch's generator; dropout and batches after it must not depend on
+    how often a run evaluates."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    weights = {}
+    for schedule in (("--eval_strategy", "no", "--eval_on_start", "false"), ("--eval_steps", "1")):
+        out = tmp_path / schedule[1]
+        code = run(
+            *("--model_name_or_path", str(tiny_embedder / "st")),
+            *("--train_file", str(EXAMPLE / "train_w_qa.jsonl")),
+            *("--eval_file", str(EXAMPLE / "eval_w_qa.jsonl")),
+            *("--full_dataset_file_path", str(EXAMPLE / "documents.jsonl")),
+            *("--output_dir", str(out), *schedule, "--max_steps", "3", "--save_strategy", "no"),
+            *("--per_device_train_batch_size", "8", "--learning_rate", "1e-3", "--report_to", "none"),
+        )
+        assert code == 0
+        weights[schedule[1]] = SentenceTransformer(str(out)).state_dict()
+    assert (tmp_path / "1" / "eval" / "step-3-metrics.json").is_file()
+    base = SentenceTransformer(str(tiny_embedder / "st")).state_dict()
+    assert not all(torch.equal(base[name], value) for name, value in weights["no"].items())  # it trained
+    assert all(torch.equal(weights["1"][name], value) for name, value in weights["no"].items())

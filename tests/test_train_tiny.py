@@ -153,3 +153,19 @@ def test_sigterm_while_evaluating_the_base_model_stops_before_training_and_saves
     assert "stopped by SIGTERM while evaluating the base model (step 0), before training" in text
     assert not list(output.glob("checkpoint-*"))  # nothing was trained, so nothing was saved
     assert not (output / "eval" / "step-0-predictions.jsonl").exists()
+
+
+def test_how_often_a_run_evaluates_does_not_change_what_it_trains(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Evaluating draws from torch's generator (every DataLoader iterator does); the batches of the epochs after it
+    must not depend on it: runs from one seed with different --eval_steps train the same model."""
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join((EXAMPLE / "train_w_qa.jsonl").read_text().splitlines(keepends=True)[:4]))
+    losses = {}
+    for schedule in (("--eval_strategy", "no", "--eval_on_start", "false"), ("--eval_steps", "1")):
+        output = tmp_path / schedule[1]
+        command = train_args(tiny_model_dir, output, *schedule, "--train_file", str(train), "--save_strategy", "no")
+        run([str(BIN / "rqa"), *command, "--max_steps", "6"])  # 3 epochs of 2 batches
+        history = json.loads((output / "trainer_state.json").read_text())["log_history"]
+        losses[schedule[1]] = [entry["loss"] for entry in history if "loss" in entry]
+    assert len(losses["no"]) == 6
+    assert losses["1"] == losses["no"]
