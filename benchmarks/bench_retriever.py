@@ -21,7 +21,8 @@ Hybrid: BM25 alone (the rqa-bm25 plugin), and the `hybrid` retriever (reciprocal
 BM25) with the base MiniLM and with the model the `rqa` variant trained, each through `rqa evaluate --retrieval_only`;
 `hybrid-mined` trains with hard negatives mined from that fusion (`--mining_retriever hybrid`) instead of the base
 model's embeddings alone; `bm25-mined` mines them with BM25 alone. `inverse-cloze` adds one pseudo-question per database
-passage (`--inverse_cloze 1`).
+passage (`--inverse_cloze 1`); `whole-passages` lets the embedder read 512 tokens of a passage instead of 256
+(`--max_seq_length 512`).
 
 Answers: one epoch of gold-passage SFT (bench_quality's settings), its test set answered end to end once with the
 base MiniLM and once with the retriever the `rqa` variant trained; `answers-raft` adds SFT whose RAFT contexts come

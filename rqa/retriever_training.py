@@ -131,19 +131,17 @@ class RetrieverTrainer(SentenceTransformerTrainer):
 def _choose_loss(args: RqaRetrieverTrainingArguments) -> Any:
     """The loss and its options; a loss flag (``--temperature``, ``--generator_model``…) that this loss does not
     take is ignored with a warning rather than refused, since LocalRQA's scripts pass them whatever the loss."""
-    import inspect
-
     from rqa.pipeline import choose
     from rqa.plugins import get_plugins
     from rqa.registry import parse_component_spec
     from rqa.retriever_config import loss_flags
 
     name, _ = parse_component_spec(args.loss, list(args.loss_option))
-    accepted = inspect.signature(get_plugins()["retriever_losses"].get(name).factory).parameters
     flags = loss_flags(args)
+    accepted = get_plugins()["retriever_losses"].accepted(name, flags)
     for flag in sorted(set(flags) - set(accepted)):
         log.warning("--%s is not an option of the retriever loss '%s': ignored", flag, name)
-    return choose("retriever_losses", args.loss, args.loss_option, **{k: v for k, v in flags.items() if k in accepted})
+    return choose("retriever_losses", args.loss, args.loss_option, **accepted)
 
 
 def _read_inputs(args: RqaRetrieverTrainingArguments) -> tuple[dict[str, Any], Any]:
