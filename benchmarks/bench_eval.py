@@ -14,11 +14,14 @@ identical; every mismatch is listed.
 verified in one forward pass), its answers compared with the plain loop's and its tokens per forward pass counted.
 ``--linear_kernels``: rqa once per setting of ``RQA_CPU_LINEAR`` (``auto`` picks oneDNN where it measures faster;
 ``default`` keeps PyTorch's own); the loop always runs PyTorch's own kernels.
+``--shared_beginnings``: rqa with prompts that begin alike computing their common beginning once (``on``, rqa's
+way) and with every prompt computed whole (``off``); the prompt tokens each computed are counted.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -65,7 +68,7 @@ def per_question_loop(
     if lookup:
         settings["prompt_lookup_num_tokens"] = lookup
     answers, retrieved, retrieval_s, generation_s = [], [], 0.0, 0.0
-    forwards, new_tokens = [0], 0
+    forwards, new_tokens, prompt_tokens = [0], 0, 0
     counter = model.register_forward_pre_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
     model.eval()
     for example in examples:
@@ -74,6 +77,7 @@ def per_question_loop(
         retrieval_s += timer.seconds
         with Timer() as timer:
             ids = encoder.prompt_ids(example, [doc for doc, _ in hits])
+            prompt_tokens += len(ids)
             with torch.inference_mode():
                 output = model.generate(
                     input_ids=torch.tensor([ids]),
@@ -91,6 +95,7 @@ def per_question_loop(
         "retrieval_s": retrieval_s,
         "generation_s": generation_s,
         "tokens_per_forward": new_tokens / max(forwards[0], 1),
+        "prompt_tokens": prompt_tokens,
     }
 
 
@@ -111,8 +116,17 @@ def rqa_evaluator(
         batch_size=batch_size,
         output_dir=output_dir,
     )
+    prompt_tokens = [0]
+
+    def count_prompt_tokens(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        ids = kwargs.get("input_ids")
+        if ids is not None and ids.shape[1] > 1:  # a prompt's forward; decoding steps feed one token a row
+            prompt_tokens[0] += ids.numel()
+
+    counter = model.register_forward_pre_hook(count_prompt_tokens, with_kwargs=True)
     with Timer() as timer:
         evaluator.evaluate_model(model, name="bench")
+    counter.remove()
     rows = [json.loads(line) for line in (output_dir / "bench-predictions.jsonl").read_text().splitlines()]
     retrieval_s = evaluator.retrieve().seconds_per_question * len(examples)
     return {
@@ -121,6 +135,7 @@ def rqa_evaluator(
         "answers": [row["generated_answer"] for row in rows],
         "retrieved": [[doc["page_content"] for doc in row["retrieved_docs"]] for row in rows],
         "rows": rows,
+        "prompt_tokens": prompt_tokens[0],
     }
 
 
@@ -156,6 +171,10 @@ def main(argv: list[str]) -> None:
         "--linear_kernels", nargs="+", choices=["auto", "onednn", "default"], default=["auto"],
         help="RQA_CPU_LINEAR settings to measure rqa with",
     )  # fmt: skip
+    parser.add_argument(
+        "--shared_beginnings", nargs="+", choices=["on", "off"], default=["on"],
+        help="rqa with prompts that begin alike computing the common part once (on) or each whole (off)",
+    )  # fmt: skip
     parser.add_argument("--max_new_tokens", type=int, default=128)
     parser.add_argument("--top_k", type=int, default=4)
     parser.add_argument("--max_seq_length", type=int, default=2048, help="prompt budget (rqa train's default)")
@@ -164,6 +183,7 @@ def main(argv: list[str]) -> None:
 
     import torch
 
+    from rqa import shared_prefixes
     from rqa.models import load_generator
     from rqa.plugins import get_plugins
 
@@ -179,16 +199,18 @@ def main(argv: list[str]) -> None:
         model.generate(input_ids=torch.tensor([[1, 2, 3]]), max_new_tokens=2, do_sample=False, pad_token_id=0)
 
     runs = []
-    for batch_size in args.batch_size:
-        for kernels in args.linear_kernels:
-            os.environ["RQA_CPU_LINEAR"] = kernels
-            label = f"batch {batch_size}, {linear_kernels(model)} linears"
-            wait_for_quiet()
-            print(f"rqa E2EEvaluator, {label}, {len(examples)} questions ...", flush=True)
-            batched = rqa_evaluator(model, encoder, retriever, examples, args.top_k, args.max_new_tokens, batch_size)
-            batched["load"] = os.getloadavg()[0]
-            print(f"  {batched['seconds']:.1f} s (load {batched['load']:.2f})", flush=True)
-            runs.append((label, batched))
+    default_minimum = shared_prefixes.MIN_SHARED_TOKENS
+    for batch_size, kernels, sharing in itertools.product(args.batch_size, args.linear_kernels, args.shared_beginnings):
+        os.environ["RQA_CPU_LINEAR"] = kernels
+        shared_prefixes.MIN_SHARED_TOKENS = default_minimum if sharing == "on" else sys.maxsize
+        label = f"batch {batch_size}, {linear_kernels(model)} linears" + (", prompts whole" if sharing == "off" else "")
+        wait_for_quiet()
+        print(f"rqa E2EEvaluator, {label}, {len(examples)} questions ...", flush=True)
+        batched = rqa_evaluator(model, encoder, retriever, examples, args.top_k, args.max_new_tokens, batch_size)
+        batched["load"] = os.getloadavg()[0]
+        print(f"  {batched['seconds']:.1f} s, {batched['prompt_tokens']} prompt tokens computed", flush=True)
+        runs.append((label, batched))
+    shared_prefixes.MIN_SHARED_TOKENS = default_minimum
     os.environ.pop("RQA_CPU_LINEAR")
     wait_for_quiet()
     print("per-question loop ...", flush=True)
@@ -207,7 +229,8 @@ def main(argv: list[str]) -> None:
         lookups.append((drafted, looked))
     scoring_s = scoring_seconds(runs[0][1]["rows"], args.top_k)
 
-    columns = ["path", "total s", "retrieval s", "generation + rest s", "speed-up", "same answers", "load at end"]
+    columns = ["path", "total s", "retrieval s", "generation + rest s", "prompt tokens computed", "speed-up",
+               "same answers", "load at end"]  # fmt: skip
     rows, mismatches = [], []
     for label, batched in runs:
         same = sum(a == b for a, b in zip(batched["answers"], loop["answers"], strict=True))
@@ -222,6 +245,7 @@ def main(argv: list[str]) -> None:
                 f"{batched['seconds']:.1f}",
                 f"{batched['retrieval_s']:.2f}",
                 f"{batched['seconds'] - batched['retrieval_s']:.1f}",
+                f"{batched['prompt_tokens']:,}",
                 ratio(loop_timer.seconds, batched["seconds"]),
                 f"{same}/{len(examples)}",
                 f"{batched['load']:.2f}",
@@ -233,6 +257,7 @@ def main(argv: list[str]) -> None:
             f"{loop_timer.seconds:.1f}",
             f"{loop['retrieval_s']:.2f}",
             f"{loop_timer.seconds - loop['retrieval_s']:.1f}",
+            f"{loop['prompt_tokens']:,}",
             "1.00×",
             "-",
             f"{load_after_loop:.2f}",
@@ -246,6 +271,7 @@ def main(argv: list[str]) -> None:
                 f"{looked['seconds']:.1f}",
                 f"{looked['retrieval_s']:.2f}",
                 f"{looked['seconds'] - looked['retrieval_s']:.1f}",
+                "-",
                 ratio(loop_timer.seconds, looked["seconds"]),
                 f"{same}/{len(examples)}",
                 f"{looked['load']:.2f}",

@@ -22,10 +22,13 @@ a call when a stop is asked for, and ``TokenFeed`` hands every row's new tokens 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
+from weakref import WeakKeyDictionary
 
 if TYPE_CHECKING:
+    from rqa.shared_prefixes import SharedPrefixes
     from rqa.signals import StopFlag
 
 DECODE_SEGMENT = 32  # new tokens per ``generate`` call before finished rows leave the batch (CPU path)
@@ -100,15 +103,39 @@ def cache_keyword() -> str:
     return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
+_assembles: WeakKeyDictionary[Any, bool] = WeakKeyDictionary()
+
+
 def can_assemble_cache(model: Any) -> bool:
-    """Whether a static cache of full-length layers can be built for this model (not sliding-window layers)."""
-    from transformers import StaticCache
+    """Whether this model's prompts can be prefilled alone and decoded from one assembled static cache.
+
+    That needs every layer to cache plain keys and values over the whole sequence: no sliding window, no
+    linear-attention or recurrent state, no indexer keys (DeepSeek-V3.2-style sparse attention), which assembling
+    would drop. The static cache's layout and the cache the model's own forward returns both have to say so.
+    """
+    if model not in _assembles:
+        _assembles[model] = _caches_plain_keys_and_values(model)
+    return _assembles[model]
+
+
+def _caches_plain_keys_and_values(model: Any) -> bool:
+    import torch
+    from transformers import DynamicCache, StaticCache
+    from transformers.cache_utils import DynamicLayer, StaticLayer
 
     try:
         layers = StaticCache(config=model.config, max_cache_len=1).layers
-    except (TypeError, AttributeError):  # transformers before the per-layer cache API
+    except Exception:  # a layout the static cache does not know (older transformers, new attention kinds)
         return False
-    return not any(layer.is_sliding for layer in layers)
+    if not layers or any(type(layer) is not StaticLayer for layer in layers):
+        return False
+    if cache_keyword() not in inspect.signature(model.forward).parameters:
+        return False  # the family keeps no cache, or a state of its own (RWKV)
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        output = model(input_ids=torch.zeros((1, 2), dtype=torch.long, device=device), use_cache=True)
+    cache = getattr(output, cache_keyword(), None)
+    return isinstance(cache, DynamicCache) and all(type(layer) is DynamicLayer for layer in cache.layers)
 
 
 def prefilled_cache(
@@ -117,12 +144,15 @@ def prefilled_cache(
     max_new_tokens: int,
     checkpoint: Callable[[], None] | None = None,
     synced: bool = False,
+    prefixes: SharedPrefixes | None = None,
 ) -> Any:
     """A static cache holding every prompt but its last token, left-padded to the longest, room for the answer.
 
     Each prompt runs alone and unpadded, so SDPA keeps its causal kernel; rotary positions are already applied to
     the cached keys, so a row's padding only needs masking. Rows of a single token have nothing to cache (when
     ``synced``, they still run a forward: every rank makes one per row). ``checkpoint`` runs before each prompt.
+    ``prefixes``: beginnings computed by earlier prompts of the generation; a prompt computes only what follows its
+    longest one, and leaves its own for the prompts to come.
     """
     import torch
     from transformers import StaticCache
@@ -138,8 +168,15 @@ def prefilled_cache(
                 model(input_ids=torch.tensor([list(ids)], device=device), use_cache=False, logits_to_keep=1)
             row_caches.append(None)
             continue
-        output = model(input_ids=torch.tensor([ids[:-1]], device=device), use_cache=True, logits_to_keep=1)
-        row_caches.append(getattr(output, cache_keyword()))
+        reused, layers = prefixes.start(ids) if prefixes is not None else (0, None)
+        past = cache_holding(model, layers) if layers is not None else None
+        if past is None or reused < len(ids) - 1:
+            rest = torch.tensor([ids[reused:-1]], device=device)
+            output = model(input_ids=rest, use_cache=True, logits_to_keep=1, **{cache_keyword(): past})
+            past = getattr(output, cache_keyword())
+        if prefixes is not None:
+            prefixes.computed(ids, [(layer.keys, layer.values) for layer in past.layers])
+        row_caches.append(past)
     cache = StaticCache(config=model.config, max_cache_len=cached + max_new_tokens)
     if cached == 0:
         return cache
@@ -154,6 +191,16 @@ def prefilled_cache(
                 keys[row, :, cached - length :] = row_cache.layers[layer].keys[0]
                 values[row, :, cached - length :] = row_cache.layers[layer].values[0]
                 row_cache.layers[layer] = None  # released as the batch's cache fills: memory stays near one cache
+        cache.update(keys, values, layer)
+    return cache
+
+
+def cache_holding(model: Any, layers: Sequence[tuple[Any, Any]]) -> Any:
+    """A dynamic cache that starts with these keys and values (one pair per layer)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    for layer, (keys, values) in enumerate(layers):
         cache.update(keys, values, layer)
     return cache
 

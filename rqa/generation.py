@@ -2,7 +2,8 @@
 
 On a GPU, a left-padded batch goes through ``generate`` as it is. On a CPU, each prompt is prefilled alone and
 the batch decodes from the assembled cache, dropping rows whose answer has ended (``rqa.decoding``), each row's
-attention reading only its own span of the cache (``rqa.span_attention``). Prompts are
+attention reading only its own span of the cache (``rqa.span_attention``); prompts that begin alike (the
+instruction, the same first passage) compute the common beginning once (``rqa.shared_prefixes``). Prompts are
 batched longest first among similar lengths, so padding stays small.
 
 Under several processes (``synced``) every rank makes the same forward and ``generate`` calls in the same order,
@@ -16,11 +17,13 @@ after every step (a server streams them).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from weakref import WeakKeyDictionary
 
 from rqa.decoding import (
     TokenFeed,
@@ -31,11 +34,14 @@ from rqa.decoding import (
     stop_criterion,
 )
 from rqa.onednn import onednn_linears
+from rqa.shared_prefixes import SharedPrefixes
 from rqa.span_attention import own_span_attention
 
 if TYPE_CHECKING:
     from rqa.signals import StopFlag
 
+
+log = logging.getLogger("rqa")
 
 PROMPT_LOOKUP_TOKENS = 10  # tokens a lone prompt drafts from its own text per forward pass (0: off)
 
@@ -130,6 +136,44 @@ def padding_allowed(model: Any) -> float:
     return 0.5 if on_cpu and can_assemble_cache(model) else 0.15
 
 
+_pads_alike: WeakKeyDictionary[Any, bool] = WeakKeyDictionary()
+
+
+def pads_like_alone(model: Any, pad_id: int) -> bool:
+    """Whether a left-padded batch of this model gives every prompt its own greedy answer.
+
+    Most families take left padding as they are, but not all: RWKV has no attention mask, and some families place
+    positions by index. A probe of two prompts, one of them padded, against that one alone finds out once per model;
+    where padding changes the answer, each prompt runs by itself.
+    """
+    if model not in _pads_alike:
+        _pads_alike[model] = _padded_probe_matches(model, pad_id)
+        if not _pads_alike[model]:
+            log.warning(
+                "%s answers differently when left-padded in a batch: generating one prompt at a time",
+                type(model).__name__,
+            )
+    return _pads_alike[model]
+
+
+def _padded_probe_matches(model: Any, pad_id: int) -> bool:
+    import torch
+
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(0)
+    vocabulary = model.get_input_embeddings().num_embeddings
+    short, long = (torch.randint(3, vocabulary, (length,), generator=generator) for length in (5, 9))
+    probe = {"max_new_tokens": 3, "min_new_tokens": 3, "do_sample": False, "pad_token_id": pad_id}
+    probe |= {"output_logits": True, "return_dict_in_generate": True}
+    input_ids, attention = left_padded([short.tolist(), long.tolist()], pad_id)
+    with torch.inference_mode():
+        alone = model.generate(input_ids=short[None].to(device), **probe).logits
+        padded = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **probe).logits
+    scale = max(float(step.abs().max()) for step in alone)
+    steps = zip(alone, padded, strict=True)
+    return all(float((one[0] - batched[0]).abs().max()) <= 0.05 * scale for one, batched in steps)
+
+
 def left_padded(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:
     """Input ids and attention mask with every prompt ending where generation starts."""
     import torch
@@ -185,6 +229,14 @@ def generate_answers(
     if batches is None:
         # assembled from unpadded prompts, padding costs only the decode steps' reads of the cache
         batches = length_batches([len(p) for p in prompts], batch_size, padding_allowed(model))
+    # a batch of one drafts from its own prompt (prompt lookup), where the cache holds plain keys and values to cut
+    drafting = bool(prompt_lookup) and not synced and can_assemble_cache(model)
+    # prompts beginning alike compute the common part once (not under lockstep: every rank makes a forward per row)
+    prefixes = (
+        SharedPrefixes([prompts[i] for batch in batches if len(batch) > 1 or not drafting for i in batch])
+        if assemble and not synced
+        else None
+    )
 
     def checkpoint() -> None:
         if stop is not None:
@@ -193,6 +245,8 @@ def generate_answers(
     was_training = model.training
     model.eval()
     try:
+        if not assemble and not pads_like_alone(model, settings["pad_token_id"]):
+            batches = [[index] for batch in batches for index in batch]  # padding would change the answers
         # sharded weights (synced) are gathered by their own forward: only a lone CPU process swaps kernels
         kernels = onednn_linears(model) if on_cpu and not synced else nullcontext()
         # decoding from an assembled cache: each row's attention reads its own prompt and answer, not the padding
@@ -209,7 +263,7 @@ def generate_answers(
                 began = time.perf_counter()
                 if feed is not None:
                     feed.batch = batch
-                if prompt_lookup and len(batch) == 1 and not synced:
+                if drafting and len(batch) == 1:
                     new_ids = [
                         decode_alone_with_lookup(
                             model,
@@ -221,7 +275,7 @@ def generate_answers(
                         )
                     ]
                 elif assemble:
-                    cache = prefilled_cache(model, rows, max_new_tokens, checkpoint, synced)
+                    cache = prefilled_cache(model, rows, max_new_tokens, checkpoint, synced, prefixes)
                     new_ids = decode_dropping_finished_rows(
                         model,
                         input_ids,
@@ -242,7 +296,6 @@ def generate_answers(
                         attention_mask=attention.to(device),
                         use_cache=True,
                         **settings,
-                        **({"cache_implementation": "static"} if on_cpu else {}),
                         **({"synced_gpus": True} if synced else {}),
                     )
                     new_ids = [row[input_ids.shape[1] :].tolist() for row in output]

@@ -148,6 +148,8 @@ def tiny_config(model_type: str) -> Any:
         values["num_key_value_heads"] = values.get("num_attention_heads", 4)
         if "head_dim" in values:
             values["head_dim"] = values["qk_rope_head_dim"]
+    if getattr(default, "is_decoder", None) is False:  # an encoder family's causal-LM class is causal only so
+        values["is_decoder"] = True
     values.update(OVERRIDES.get(model_type, {}))
     for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
         if key in known:
