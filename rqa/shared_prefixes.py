@@ -93,6 +93,8 @@ class SharedPrefixes:
         """Keep what prompts still to come can reuse of a prompt just computed (``layers``: its cached part)."""
         key = tuple(ids[:-1])
         position = self._position(key)
+        if position == len(self._order) or self._order[position] != key:
+            return  # not a prompt this generation was planned with: nothing counts on it
         group = self._group[position]
         self._left[group] -= 1
         if self._common is None and self._everyone >= self.minimum and len(self._order) > 1:
