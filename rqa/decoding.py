@@ -132,8 +132,13 @@ def _caches_plain_keys_and_values(model: Any) -> bool:
     if cache_keyword() not in inspect.signature(model.forward).parameters:
         return False  # the family keeps no cache, or a state of its own (RWKV)
     device = next(model.parameters()).device
-    with torch.inference_mode():
-        output = model(input_ids=torch.zeros((1, 2), dtype=torch.long, device=device), use_cache=True)
+    was_training = model.training
+    model.eval()  # no dropout: the probe leaves the random state alone
+    try:
+        with torch.inference_mode():
+            output = model(input_ids=torch.zeros((1, 2), dtype=torch.long, device=device), use_cache=True)
+    finally:
+        model.train(was_training)
     cache = getattr(output, cache_keyword(), None)
     return isinstance(cache, DynamicCache) and all(type(layer) is DynamicLayer for layer in cache.layers)
 
