@@ -211,7 +211,8 @@ def generate_answers(
     out of the batches not yet started, leaves a running one at its next decode segment, and gets an empty answer.
     ``on_tokens(index, new_ids)``: a prompt's new token ids so far, after every decoding step. Single-process only.
     ``prompt_lookup``: a batch of one prompt (``rqa ask``, a lone request, the last short batch) drafts that many
-    tokens from its own text (``decode_alone_with_lookup``); 0 turns it off. Single-process only.
+    tokens from its own text (``decode_alone_with_lookup``) where the model's cache holds plain keys and values
+    (``can_assemble_cache``); 0 turns it off. Single-process only.
     """
     import torch
     from transformers import StoppingCriteriaList

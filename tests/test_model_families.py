@@ -124,7 +124,7 @@ def test_rqa_loss_and_gradients_equal_the_models_own(model_type: str, caplog: py
 
 
 def generation_prompts(vocabulary: int) -> list[list[int]]:
-    """Four prompts that begin alike (two of them for longer), as retrieved passages make evaluation prompts."""
+    """Four prompts, three beginning alike (two of them for longer), as retrieved passages make evaluation prompts."""
     generator = torch.Generator().manual_seed(2)
     common, passage = (torch.randint(3, vocabulary, (n,), generator=generator).tolist() for n in (6, 5))
     tails = [torch.randint(3, vocabulary, (n,), generator=generator).tolist() for n in (3, 2, 7, 4)]

@@ -84,8 +84,11 @@ def test_prompts_beginning_alike_are_computed_once_with_the_same_cache() -> None
     model = tiny_model(tokenizer, seed=7).eval()
     prompts = rag_prompts(tokenizer)
     processed: list[int] = []
-    hook = model.register_forward_pre_hook(lambda _, args, kwargs: processed.append(kwargs["input_ids"].shape[1]),
-                                           with_kwargs=True)  # fmt: skip
+
+    def count_tokens(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        processed.append(kwargs["input_ids"].shape[1])
+
+    hook = model.register_forward_pre_hook(count_tokens, with_kwargs=True)
     with torch.no_grad():
         alone = prefilled_cache(model, prompts, max_new_tokens=4)
         alone_tokens = sum(processed)
