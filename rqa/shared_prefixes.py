@@ -7,8 +7,8 @@ compute-bound on a CPU, so those tokens are time saved. A prompt's keys and valu
 tokens up to it, so a later prompt starts from the stored keys and values of the common beginning and computes the
 rest: the same numbers up to rounding, as with any change of batch shape.
 
-Only a beginning that is long enough, and a large enough share of its prompt (``MIN_SHARED_SHARE``), is reused:
-the rest of a prompt costs more per token than a whole prompt does. Prompts sorted as token sequences put the
+A beginning of ``MIN_SHARED_TOKENS`` or more is reused; the rest of the prompt then attends to it through
+``rqa.rest_attention``, at the per-token cost of a whole prompt. Prompts sorted as token sequences put the
 prompt sharing most with a given one next to it, so what each prompt could pass on is its common length with its
 sorted neighbours, and the best stored beginning for a new prompt is the nearest stored one on either side. What
 all prompts share (the instruction) is kept once; longer beginnings are kept per *group* (neighbours sharing at
@@ -24,10 +24,6 @@ from collections.abc import Sequence
 from typing import Any
 
 MIN_SHARED_TOKENS = 32  # a shorter common beginning is computed again: reusing it saves less than it costs
-# A prompt's rest, run after a stored beginning, needs an explicit attention mask, which takes SDPA off its fused
-# causal kernel: on 2 cores a 900-token prompt's last 844 tokens took 1.65-1.74 ms each against 1.44-1.48 for the
-# whole prompt at once, so reusing its first 56 was slower, and 200 (22 %) saved 11 %.
-MIN_SHARED_SHARE = 0.2
 
 
 def common_length(first: Sequence[int], second: Sequence[int]) -> int:
@@ -91,7 +87,7 @@ class SharedPrefixes:
             shared = common_length(self._order[neighbour], key)
             if shared > length:
                 length, layers = shared, self._stored[neighbour]
-        if layers is None or length < max(self.minimum, MIN_SHARED_SHARE * len(key)):
+        if layers is None or length < self.minimum:
             return 0, None
         return length, [(keys[:, :, :length], values[:, :, :length]) for keys, values in layers]
 

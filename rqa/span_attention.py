@@ -9,7 +9,8 @@ Here the rows of a step are split into runs of consecutive rows, and each run's 
 earliest row's first token to the last position written, with the same mask cut to that range. A masked position
 adds nothing to a row's softmax, so every row attends to the same keys with the same weights. ``runs`` chooses
 the split that reads least, counting each extra call as ``CALL_COST`` row positions read. Anything else (a prompt's
-forward pass, masks that are not one contiguous span per row, float masks, a position bias) is plain SDPA.
+forward pass, masks that are not one contiguous span per row, float masks, a position bias) is plain SDPA, but for
+the rest of a prompt that starts from a stored beginning, which ``rqa.rest_attention`` attends to in two fused calls.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+
+from rqa.rest_attention import can_split, split_attention
 
 SPAN_SDPA = "sdpa_spans"
 CALL_COST = 256  # one SDPA call per layer costs about what reading 256 row positions does (2-core CPU, fp32)
@@ -96,6 +99,8 @@ def span_sdpa_attention_forward(
 ) -> tuple[torch.Tensor, None]:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if query.shape[2] > 1 and can_split(module, query, key, attention_mask, dropout, kwargs):
+        return split_attention(module, query, key, value, scaling), None  # a prompt's rest after its beginning
     split = _split_for(attention_mask, query, key, kwargs)
     if split is None or (len(split) == 1 and split[0][2:] == (0, key.shape[2])):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
