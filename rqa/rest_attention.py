@@ -30,6 +30,11 @@ class _Checked(threading.local):
 _checked = _Checked()
 
 
+def forget_checked_mask() -> None:
+    """Let the last mask checked go (generation has ended)."""
+    _checked.mask, _checked.plain = None, False
+
+
 def beginning_then_causal(mask: Any, queries: int, keys: int) -> bool:
     """Whether ``mask`` lets every query see all ``keys - queries`` stored positions and, causally, the rest."""
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (1, 1, queries, keys):

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from rqa.rest_attention import can_split, split_attention
+from rqa.rest_attention import can_split, forget_checked_mask, split_attention
 
 SPAN_SDPA = "sdpa_spans"
 CALL_COST = 256  # one SDPA call per layer costs about what reading 256 row positions does (2-core CPU, fp32)
@@ -136,3 +136,4 @@ def own_span_attention(model: Any) -> Iterator[bool]:
     finally:
         model.set_attn_implementation(current)
         _plans.mask = _plans.split = None
+        forget_checked_mask()
