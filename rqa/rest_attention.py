@@ -47,11 +47,14 @@ def beginning_then_causal(mask: Any, queries: int, keys: int) -> bool:
     return _checked.plain
 
 
-def can_split(module: Any, query: torch.Tensor, key: torch.Tensor, mask: Any, dropout: float, kwargs: dict) -> bool:
+def can_split(
+    module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Any, dropout: float, kwargs: dict
+) -> bool:
     """Whether this attention call is one prompt's rest after a stored beginning, which ``split_attention`` does."""
     queries, keys = query.shape[2], key.shape[2]
     return (
         query.device.type == "cpu"
+        and query.shape[-1] == key.shape[-1] == value.shape[-1]  # the CPU flash kernel's own limit (not MLA)
         and query.shape[0] == 1
         and 1 < queries < keys
         and dropout == 0.0

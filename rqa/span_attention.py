@@ -99,7 +99,7 @@ def span_sdpa_attention_forward(
 ) -> tuple[torch.Tensor, None]:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if query.shape[2] > 1 and can_split(module, query, key, attention_mask, dropout, kwargs):
+    if query.shape[2] > 1 and can_split(module, query, key, value, attention_mask, dropout, kwargs):
         return split_attention(module, query, key, value, scaling), None  # a prompt's rest after its beginning
     split = _split_for(attention_mask, query, key, kwargs)
     if split is None or (len(split) == 1 and split[0][2:] == (0, key.shape[2])):

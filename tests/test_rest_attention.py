@@ -7,7 +7,7 @@ from helpers import embedded_tokenizer, tiny_model
 from test_shared_prefixes import rag_prompts
 
 from rqa.decoding import prefilled_cache
-from rqa.rest_attention import beginning_then_causal, split_attention
+from rqa.rest_attention import beginning_then_causal, can_split, split_attention
 from rqa.shared_prefixes import SharedPrefixes
 from rqa.span_attention import own_span_attention
 
@@ -45,6 +45,16 @@ def test_only_a_beginning_then_causal_mask_is_split() -> None:
     assert not beginning_then_causal(rest_mask(4, 10).float(), 4, 10)
     assert not beginning_then_causal(None, 4, 10)
     assert not beginning_then_causal(rest_mask(4, 10), 3, 10)
+
+
+def test_calls_the_split_cannot_reproduce_stay_plain_sdpa() -> None:
+    query, key, value = torch.zeros((1, 6, 4, 16)), torch.zeros((1, 2, 10, 16)), torch.zeros((1, 2, 10, 16))
+    mask = rest_mask(4, 10)
+    assert can_split(GroupedHeads(), query, key, value, mask, 0.0, {})
+    assert not can_split(GroupedHeads(), query, key, value[..., :8], mask, 0.0, {})  # values of another width (MLA)
+    assert not can_split(GroupedHeads(), query, key, value, mask, 0.1, {})  # dropout
+    assert not can_split(GroupedHeads(), query, key, value, mask, 0.0, {"sliding_window": 4})
+    assert not can_split(GroupedHeads(), query.expand(2, -1, -1, -1), key, value, mask, 0.0, {})  # a batch
 
 
 def test_a_prompt_s_rest_runs_split_and_fills_the_same_cache(monkeypatch) -> None:
