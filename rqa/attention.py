@@ -16,11 +16,30 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 PACKED_SDPA = "sdpa_packed"
+
+
+class MaskMemo(threading.local):
+    """What an attention variant works out from a mask, once per forward pass: every layer of a pass gets the same
+    mask object. The mask is held until the next one, so its id cannot be freed and reused meanwhile."""
+
+    mask: Any = None
+    value: Any = None
+
+    def get(self, mask: Any, work_out: Callable[[Any], Any]) -> Any:
+        if self.mask is not mask:
+            self.mask, self.value = mask, work_out(mask)
+        return self.value
+
+    def forget(self) -> None:
+        """Let the last mask go (the variant is no longer in use)."""
+        self.mask = self.value = None
 
 
 def packed_segments(position_ids: torch.Tensor | None, length: int) -> list[tuple[int, int]] | None:

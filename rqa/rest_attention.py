@@ -11,40 +11,31 @@ its log-sum-exp, merged as flash attention merges its blocks: the same softmax o
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import torch
+
+from rqa.attention import MaskMemo
 
 # what the attention interface may pass that this split does not reproduce
 _UNSUPPORTED = ("position_bias", "sliding_window", "softcap", "s_aux", "sinks")
 
 
-class _Checked(threading.local):
-    """The last mask checked: every layer of a forward pass gets the same mask object."""
-
-    mask: torch.Tensor | None = None
-    plain: bool = False
-
-
-_checked = _Checked()
-
-
-def forget_checked_mask() -> None:
-    """Let the last mask checked go (generation has ended)."""
-    _checked.mask, _checked.plain = None, False
+checked_masks = MaskMemo()  # whether a forward pass's mask is the plain beginning-then-causal one
 
 
 def beginning_then_causal(mask: Any, queries: int, keys: int) -> bool:
     """Whether ``mask`` lets every query see all ``keys - queries`` stored positions and, causally, the rest."""
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (1, 1, queries, keys):
         return False
-    if _checked.mask is not mask:  # a mask held here cannot be freed and its id reused meanwhile
-        stored = keys - queries
-        expected = torch.ones((queries, keys), dtype=torch.bool, device=mask.device)
-        expected[:, stored:] = torch.ones((queries, queries), dtype=torch.bool, device=mask.device).tril()
-        _checked.mask, _checked.plain = mask, torch.equal(mask[0, 0], expected)
-    return _checked.plain
+    return checked_masks.get(mask, _is_plain)
+
+
+def _is_plain(mask: torch.Tensor) -> bool:
+    queries, keys = mask.shape[-2:]
+    expected = torch.ones((queries, keys), dtype=torch.bool, device=mask.device)
+    expected[:, keys - queries :] = torch.ones((queries, queries), dtype=torch.bool, device=mask.device).tril()
+    return torch.equal(mask[0, 0], expected)
 
 
 def can_split(
@@ -53,10 +44,10 @@ def can_split(
     """Whether this attention call is one prompt's rest after a stored beginning, which ``split_attention`` does."""
     queries, keys = query.shape[2], key.shape[2]
     return (
-        query.device.type == "cpu"
-        and query.shape[-1] == key.shape[-1] == value.shape[-1]  # the CPU flash kernel's own limit (not MLA)
+        1 < queries < keys
         and query.shape[0] == 1
-        and 1 < queries < keys
+        and query.device.type == "cpu"
+        and query.shape[-1] == key.shape[-1] == value.shape[-1]  # the CPU flash kernel's own limit (not MLA)
         and dropout == 0.0
         and getattr(module, "is_causal", True)
         and not any(kwargs.get(name) is not None for name in _UNSUPPORTED)

@@ -15,14 +15,14 @@ the rest of a prompt that starts from a stored beginning, which ``rqa.rest_atten
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
-from rqa.rest_attention import can_split, forget_checked_mask, split_attention
+from rqa.attention import PACKED_SDPA, MaskMemo, register_sdpa_variant
+from rqa.rest_attention import can_split, checked_masks, split_attention
 
 SPAN_SDPA = "sdpa_spans"
 CALL_COST = 256  # one SDPA call per layer costs about what reading 256 row positions does (2-core CPU, fp32)
@@ -64,14 +64,7 @@ def row_spans(mask: torch.Tensor) -> tuple[list[int], list[int]] | None:
     return firsts.tolist(), ends.tolist()
 
 
-class _Plans(threading.local):
-    """The split of the current step: every layer of a step gets the same mask object."""
-
-    mask: torch.Tensor | None = None
-    split: list[tuple[int, int, int, int]] | None = None
-
-
-_plans = _Plans()
+step_plans = MaskMemo()  # the split of the current decoding step
 
 
 def _split_for(mask: Any, query: torch.Tensor, key: torch.Tensor, kwargs: dict[str, Any]) -> Any:
@@ -81,10 +74,12 @@ def _split_for(mask: Any, query: torch.Tensor, key: torch.Tensor, kwargs: dict[s
         return None
     if kwargs.get("position_bias") is not None or kwargs.get("sliding_window"):
         return None
-    if _plans.mask is not mask:  # a new step (a mask held here cannot be freed and its id reused meanwhile)
-        spans = row_spans(mask)
-        _plans.mask, _plans.split = mask, runs(*spans, CALL_COST) if spans is not None else None
-    return _plans.split
+    return step_plans.get(mask, _plan)
+
+
+def _plan(mask: torch.Tensor) -> list[tuple[int, int, int, int]] | None:
+    spans = row_spans(mask)
+    return runs(*spans, CALL_COST) if spans is not None else None
 
 
 def span_sdpa_attention_forward(
@@ -99,7 +94,7 @@ def span_sdpa_attention_forward(
 ) -> tuple[torch.Tensor, None]:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if query.shape[2] > 1 and can_split(module, query, key, value, attention_mask, dropout, kwargs):
+    if can_split(module, query, key, value, attention_mask, dropout, kwargs):
         return split_attention(module, query, key, value, scaling), None  # a prompt's rest after its beginning
     split = _split_for(attention_mask, query, key, kwargs)
     if split is None or (len(split) == 1 and split[0][2:] == (0, key.shape[2])):
@@ -124,8 +119,6 @@ def span_sdpa_attention_forward(
 @contextmanager
 def own_span_attention(model: Any) -> Iterator[bool]:
     """Decode with each row reading its own span, where the model attends with SDPA (yields whether it does)."""
-    from rqa.attention import PACKED_SDPA, register_sdpa_variant
-
     current = getattr(model.config, "_attn_implementation", None)
     if current not in ("sdpa", PACKED_SDPA) or not hasattr(model, "set_attn_implementation"):
         yield False
@@ -135,5 +128,5 @@ def own_span_attention(model: Any) -> Iterator[bool]:
         yield True
     finally:
         model.set_attn_implementation(current)
-        _plans.mask = _plans.split = None
-        forget_checked_mask()
+        step_plans.forget()
+        checked_masks.forget()

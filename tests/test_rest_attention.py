@@ -13,10 +13,9 @@ from rqa.span_attention import own_span_attention
 
 
 class GroupedHeads(torch.nn.Module):
-    """An attention module's attributes the interface reads: 6 query heads share 2 key/value heads."""
+    """A causal attention layer whose 6 query heads share 2 key/value heads (read from the tensors' shapes)."""
 
     is_causal = True
-    num_key_value_groups = 3
 
 
 def rest_mask(queries: int, keys: int) -> torch.Tensor:
