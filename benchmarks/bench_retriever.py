@@ -24,6 +24,10 @@ model's embeddings alone; `bm25-mined` mines them with BM25 alone. `inverse-cloz
 passage (`--inverse_cloze 1`); `whole-passages` lets the embedder read 512 tokens of a passage instead of 256
 (`--max_seq_length 512`).
 
+Windows: `base-windows` embeds each passage longer than the base MiniLM reads as overlapping windows scored by their
+best (`--retriever_option windows=true`; a model `rqa train-retriever` trains does so by default);
+`rqa-no-windows` evaluates the `rqa` variant's model reading only each passage's beginning.
+
 Answers: one epoch of gold-passage SFT (bench_quality's settings), its test set answered end to end once with the
 base MiniLM and once with the retriever the `rqa` variant trained; `answers-raft` adds SFT whose RAFT contexts come
 from the trained retriever (so the generator learns to read what that retriever returns); `answers-hybrid` answers
@@ -67,8 +71,16 @@ FLAG_VARIANTS = {
     # all-MiniLM-L6-v2 reads 256 tokens of a passage; 37 % of Faire's passages are longer (none above 512)
     "whole-passages": ["--max_seq_length", "512"],
 }
-VARIANTS = ("base", "bm25", "hybrid", "plain", "rqa", "hybrid-trained", *FLAG_VARIANTS, "replug", "speed", "answers",
-            "answers-hybrid", "answers-raft")  # fmt: skip
+# the `rqa` variant's model retrieving through another retriever: (label, --retriever)
+TRAINED_RETRIEVED = {
+    "rqa-no-windows": (
+        "`rqa train-retriever` (defaults), each passage's first 256 tokens only (`windows=false`)",
+        "dense-faiss:windows=false",
+    ),
+    "hybrid-trained": ("`hybrid`: `rqa train-retriever` (defaults) + BM25, reciprocal-rank fusion", "hybrid"),
+}
+VARIANTS = ("base", "base-windows", "bm25", "hybrid", "plain", "rqa", "rqa-no-windows", "hybrid-trained",
+            *FLAG_VARIANTS, "replug", "speed", "answers", "answers-hybrid", "answers-raft")  # fmt: skip
 ANSWER_KEYS = (
     "retr/recall@4",
     "gen/f1",
@@ -296,6 +308,11 @@ def main(argv: list[str]) -> int:
     if "base" in args.variants:
         wait_for_quiet()
         quality["base"] = ("base all-MiniLM-L6-v2", evaluate_retrieval("", work / "base"), "—")
+    if "base-windows" in args.variants:
+        wait_for_quiet()
+        label = "base all-MiniLM-L6-v2, long passages as windows (`--retriever_option windows=true`)"
+        scores = evaluate_retrieval("", work / "base-windows", "dense-faiss:windows=true")
+        quality["base-windows"] = (label, scores, "—")
     if "bm25" in args.variants:
         wait_for_quiet()
         quality["bm25"] = ("BM25 (rqa-bm25 plugin)", evaluate_retrieval("", work / "bm25", "bm25"), "—")
@@ -314,13 +331,13 @@ def main(argv: list[str]) -> int:
         wait_for_quiet()
         scores, _, seconds = train_retriever(work / "rqa", [])
         quality["rqa"] = ("`rqa train-retriever` (defaults)", scores, f"{seconds:.0f}")
-    if "hybrid-trained" in args.variants:
+    for variant in (v for v in TRAINED_RETRIEVED if v in args.variants):
         if not (work / "rqa" / "modules.json").exists():
             raise SystemExit(f"{work / 'rqa'} holds no trained retriever: run --variants rqa first")
         wait_for_quiet()
-        label = "`hybrid`: `rqa train-retriever` (defaults) + BM25, reciprocal-rank fusion"
-        scores = evaluate_retrieval(str(work / "rqa"), work / "hybrid-trained", "hybrid")
-        quality["hybrid-trained"] = (label, scores, quality.get("rqa", ("", {}, "—"))[2])
+        label, retriever = TRAINED_RETRIEVED[variant]
+        scores = evaluate_retrieval(str(work / "rqa"), work / variant, retriever)
+        quality[variant] = (label, scores, quality.get("rqa", ("", {}, "—"))[2])
     for variant in (v for v in FLAG_VARIANTS if v in args.variants):
         wait_for_quiet()
         scores, _, seconds = train_retriever(work / variant, FLAG_VARIANTS[variant])

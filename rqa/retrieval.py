@@ -6,8 +6,10 @@ built atomically.
 
 What the embedder reads of a passage is its text (``fmt_content``), or that text without its URLs
 (``embed_urls=False``): to an embedding model a URL is an opaque string of ids, and every chunk of an article
-carries the same source URL. A model folder written by ``rqa train-retriever`` records which of the two it was
-trained on (``rqa_retriever.json``), and every retriever built with it reads passages the same way.
+carries the same source URL. A passage longer than the embedder reads is either cut where the embedder stops or,
+with ``windows``, embedded as overlapping windows scored by their best (``rqa.passage_windows``; the index then
+maps each window to its passage). A model folder written by ``rqa train-retriever`` records both choices
+(``rqa_retriever.json``), and every retriever built with it reads passages the same way.
 """
 
 from __future__ import annotations
@@ -38,17 +40,18 @@ def passage_text(document: Document, embed_urls: bool = True) -> str:
     return document.text if embed_urls else _URL.sub("", document.text)
 
 
-def recorded_embed_urls(model_path: str) -> bool | None:
-    """The ``embed_urls`` a model folder was trained with (``rqa train-retriever`` records it); None if unknown."""
+def recorded_setting(model_path: str, key: str) -> bool | None:
+    """How a model folder says it reads passages (``rqa train-retriever`` records ``embed_urls`` and ``windows``);
+    None if it does not say."""
     settings = Path(model_path) / MODEL_SETTINGS
     if not settings.is_file():
         return None
     try:
-        value = json.loads(settings.read_text()).get("embed_urls")
+        value = json.loads(settings.read_text()).get(key)
     except (OSError, ValueError, AttributeError) as error:
         raise RqaError(f"{settings}: not a JSON object of rqa retriever settings ({error})") from None
-    if not isinstance(value, bool):
-        raise RqaError(f"{settings}: 'embed_urls' must be true or false, got {value!r}")
+    if value is not None and not isinstance(value, bool):
+        raise RqaError(f"{settings}: '{key}' must be true or false, got {value!r}")
     return value
 
 
@@ -56,13 +59,21 @@ def settle_embed_urls(model_path: str, asked: bool | None = None) -> bool:
     """``asked``, else what the model folder records, else true: passages are embedded as they are given."""
     if asked is not None:
         return asked
-    recorded = recorded_embed_urls(model_path)
+    recorded = recorded_setting(model_path, "embed_urls")
     return True if recorded is None else recorded
 
 
-def record_embed_urls(model_dir: Path, embed_urls: bool) -> None:
+def settle_windows(model_path: str, asked: bool | None = None) -> bool:
+    """``asked``, else what the model folder records, else false: a passage is read as far as the embedder reads."""
+    if asked is not None:
+        return asked
+    return bool(recorded_setting(model_path, "windows"))
+
+
+def record_reading(model_dir: Path, embed_urls: bool, windows: bool) -> None:
     """Record in a saved model folder how it reads passages, so that every index built with it reads them alike."""
-    (model_dir / MODEL_SETTINGS).write_text(json.dumps({"embed_urls": embed_urls}) + "\n")
+    settings = {"embed_urls": embed_urls, "windows": windows}
+    (model_dir / MODEL_SETTINGS).write_text(json.dumps(settings) + "\n")
 
 
 class DenseFaissRetriever(IndexedRetriever):
@@ -81,27 +92,35 @@ class DenseFaissRetriever(IndexedRetriever):
         device: str | None = None,
         encoder: Any = None,
         embed_urls: bool | None = None,
+        windows: bool | None = None,
     ) -> None:
         """``encoder``: an already loaded SentenceTransformer used as it is (``rqa train-retriever`` evaluates the
         model it is training this way, indexing in memory with ``index``); else ``embedding_model`` is loaded.
-        ``embed_urls``: whether passages are embedded with their URLs; None: as the model folder records, else
-        yes."""
+        ``embed_urls``: whether passages are embedded with their URLs; ``windows``: whether a passage longer than
+        the embedder reads is embedded as overlapping windows (``rqa.passage_windows``); None: as the model folder
+        records, else with URLs and without windows."""
         super().__init__()
-        self._embed_urls = embed_urls
+        self._embed_urls, self._windows = embed_urls, windows
         self.name, self.embedding_model = name, embedding_model
         self.query_prefix, self.passage_prefix = query_prefix, passage_prefix
         self.batch_size, self.normalize, self.device = batch_size, normalize, device
         self._encoder: Any = encoder
         self.faiss_index: Any = None
+        self._windows_per_passage = 1  # the most windows one passage has in the index: how deep a search goes
         self._loaded_fingerprint: str | None = None  # the model the loaded index's vectors came from
 
     @classmethod
     def in_memory(
-        cls, encoder: Any, documents: Sequence[Document], progress: bool = False, embed_urls: bool = True
+        cls,
+        encoder: Any,
+        documents: Sequence[Document],
+        progress: bool = False,
+        embed_urls: bool = True,
+        windows: bool = False,
     ) -> DenseFaissRetriever:
         """An index of ``documents`` held in memory, made with an already loaded model (one in training): no
         folder and no manifest, so nothing identifies the model by its files."""
-        retriever = cls("dense-faiss", "model in training", encoder=encoder, embed_urls=embed_urls)
+        retriever = cls("dense-faiss", "model in training", encoder=encoder, embed_urls=embed_urls, windows=windows)
         retriever.documents = list(documents)
         retriever.index(retriever.documents, progress=progress)
         return retriever
@@ -133,6 +152,14 @@ class DenseFaissRetriever(IndexedRetriever):
 
             self._embed_urls = settle_embed_urls(resolve_embedder(self.embedding_model))
         return self._embed_urls
+
+    @property
+    def windows(self) -> bool:
+        if self._windows is None:
+            from rqa.models import resolve_embedder
+
+            self._windows = settle_windows(resolve_embedder(self.embedding_model))
+        return self._windows
 
     def model_fingerprint(self) -> str:
         """The embedding model by content: its files' hash, or a Hub id's commit (see ``model_fingerprint``)."""
@@ -183,6 +210,7 @@ class DenseFaissRetriever(IndexedRetriever):
             "passage_prefix": self.passage_prefix,
             "normalize": self.normalize,
             "embed_urls": self.embed_urls,
+            "windows": self.windows,
             "num_documents": len(documents),
             "fingerprint": fingerprint_documents(list(documents)),
         }
@@ -199,9 +227,23 @@ class DenseFaissRetriever(IndexedRetriever):
 
         self._loaded_fingerprint = None  # the vectors about to be made are checked by the manifest itself
         texts = [self.passage_prefix + passage_text(d, self.embed_urls) for d in documents]
-        vectors = self.encode(texts, progress=progress)
-        self.faiss_index = faiss.IndexFlatIP(vectors.shape[1])
-        self.faiss_index.add(vectors)
+        if not self.windows:
+            vectors = self.encode(texts, progress=progress)
+            self.faiss_index = faiss.IndexFlatIP(vectors.shape[1])
+            self.faiss_index.add(vectors)
+            self._windows_per_passage = 1
+            return
+        import numpy as np
+
+        from rqa.passage_windows import window_texts
+
+        contents = [d.page_content for d in documents]
+        size = self.encoder.max_seq_length or self.encoder.tokenizer.model_max_length
+        windows, owners = window_texts(texts, contents, self.encoder.tokenizer, size)
+        vectors = self.encode(windows, progress=progress)
+        self.faiss_index = faiss.IndexIDMap(faiss.IndexFlatIP(vectors.shape[1]))  # each window's id: its passage
+        self.faiss_index.add_with_ids(vectors, np.asarray(owners, dtype=np.int64))
+        self._windows_per_passage = int(np.bincount(owners).max()) if owners else 1
 
     def save(self, directory: Path) -> None:
         import faiss
@@ -212,8 +254,18 @@ class DenseFaissRetriever(IndexedRetriever):
         import faiss
 
         index = faiss.read_index(str(directory / INDEX_FILE))
-        if index.ntotal != expected["num_documents"]:
-            return f"it holds {index.ntotal} vectors for {expected['num_documents']} documents"
+        count = expected["num_documents"]
+        if not self.windows:
+            if index.ntotal != count:
+                return f"it holds {index.ntotal} vectors for {count} documents"
+            self._windows_per_passage = 1
+        else:
+            import numpy as np
+
+            owners = faiss.vector_to_array(index.id_map) if hasattr(index, "id_map") else np.empty(0, np.int64)
+            if owners.size == 0 or owners.min() < 0 or owners.max() >= count or np.unique(owners).size != count:
+                return f"its windows do not cover the {count} documents one to one"
+            self._windows_per_passage = int(np.bincount(owners).max())
         self.faiss_index = index
         self._loaded_fingerprint = expected.get("embedding_model_fingerprint")
         return None
@@ -221,9 +273,14 @@ class DenseFaissRetriever(IndexedRetriever):
     def retrieve(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
         if self.faiss_index is None:
             raise RqaError("the retriever has no index: call build() first")
+        from rqa.passage_windows import best_per_passage
+
         vectors = self.encode([self.query_prefix + q for q in queries])
-        scores, ids = self.faiss_index.search(vectors, min(k, len(self.documents)))
+        k = min(k, len(self.documents))
+        # deep enough that k distinct passages are found even when every hit above them is another window
+        depth = min(k * self._windows_per_passage, self.faiss_index.ntotal)
+        scores, ids = self.faiss_index.search(vectors, depth)
         return [
-            [(self.documents[i], float(s)) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
+            [(self.documents[i], s) for i, s in best_per_passage(row_ids, row_scores, k)]
             for row_ids, row_scores in zip(ids, scores, strict=True)
         ]

@@ -108,6 +108,15 @@ class RqaRetrieverTrainingArguments(SentenceTransformerTrainingArguments):
             "index built with it reads passages the same way. Default: as the starting model records, else true."
         },
     )
+    windows: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Embed a passage longer than the embedder reads (see --max_seq_length) as overlapping windows, "
+            "scored by its best, when evaluating and in every index built with the trained model, which records "
+            "it (false: read each passage's beginning only). Training rows read the beginning either way. "
+            "Default: as the starting model records, else true."
+        },
+    )
     max_seq_length: int | None = field(
         default=None,
         metadata={

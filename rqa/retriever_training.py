@@ -22,7 +22,7 @@ from transformers import TrainerCallback
 from rqa.contracts import SupportsRefresh, SupportsTrainingData
 from rqa.errors import RqaError
 from rqa.evaluation import prediction_row, score_rows, write_results
-from rqa.retrieval import DenseFaissRetriever, record_embed_urls, settle_embed_urls
+from rqa.retrieval import DenseFaissRetriever, record_reading, recorded_setting, settle_embed_urls
 from rqa.retriever_data import (
     check_gold_in_database,
     check_hard_negatives,
@@ -90,10 +90,11 @@ class DatabaseRetrievalEvaluator(SentenceEvaluator):
         metrics: dict[str, Any],
         quiet: bool = False,
         embed_urls: bool = True,
+        windows: bool = False,
     ) -> None:
         super().__init__()
         self.examples, self.documents, self.top_k, self.metrics = list(examples), list(documents), top_k, metrics
-        self.quiet, self.embed_urls = quiet, embed_urls
+        self.quiet, self.embed_urls, self.windows = quiet, embed_urls, windows
         self.primary_metric = f"retr/recall@{top_k}"
         self.greater_is_better = True
 
@@ -106,7 +107,9 @@ class DatabaseRetrievalEvaluator(SentenceEvaluator):
         from rqa.progress import is_main_process, quiet_progress
 
         with quiet_progress(self.quiet):  # a bar while the database is embedded, on a terminal only
-            retriever = DenseFaissRetriever.in_memory(model, self.documents, progress=True, embed_urls=self.embed_urls)
+            retriever = DenseFaissRetriever.in_memory(
+                model, self.documents, progress=True, embed_urls=self.embed_urls, windows=self.windows
+            )
         start = time.perf_counter()
         hits = retriever.retrieve([e.question for e in self.examples], self.top_k)
         per_question = (time.perf_counter() - start) / max(len(self.examples), 1)
@@ -198,19 +201,20 @@ def run_retriever_training(args: RqaRetrieverTrainingArguments, console: Any = N
     if args.max_seq_length is not None:
         set_max_seq_length(model, args.max_seq_length)
     embed_urls = embed_urls_to_train(args)
+    windows = windows_to_train(args)
     loss = loss_choice.build(model=model, embed_urls=embed_urls)
     dataset = _training_data(args, loss, train, documents, model, embed_urls, inputs.get("mining"))
     quiet = bool(args.disable_tqdm)
     evaluator = None
     if evaluation:
-        evaluator = DatabaseRetrievalEvaluator(evaluation, documents, args.top_k, metrics, quiet, embed_urls)
+        evaluator = DatabaseRetrievalEvaluator(evaluation, documents, args.top_k, metrics, quiet, embed_urls, windows)
     if evaluator is None:
         args.eval_strategy = IntervalStrategy.NO
         args.eval_on_start = False
         args.load_best_model_at_end = False
     output_dir = Path(args.output_dir)
     stop = StopOnSignal()
-    callbacks = [stop, RecordEmbedUrls(embed_urls)]
+    callbacks = [stop, RecordReading(embed_urls, windows)]
     callbacks += [RefreshCallback(loss)] if isinstance(loss, SupportsRefresh) else []
     trainer = RetrieverTrainer(
         model=model, args=args, train_dataset=dataset, loss=loss, evaluator=evaluator, callbacks=callbacks
@@ -227,14 +231,14 @@ def run_retriever_training(args: RqaRetrieverTrainingArguments, console: Any = N
         raise RqaError(f"stopped by {stop.received} before training began; nothing was saved") from None
     results = save_trained(trainer, stop, output_dir)
     if trainer.is_world_process_zero():
-        record_embed_urls(output_dir, embed_urls)
+        record_reading(output_dir, embed_urls, windows)
     if (output_dir / "eval").is_dir():
         results["eval"] = output_dir / "eval"
     if not trainer.is_world_process_zero():
         return {}  # the main process predicts and reports
     test_scores = None
     if test:
-        tester = DatabaseRetrievalEvaluator(test, documents, args.top_k, metrics, quiet, embed_urls)
+        tester = DatabaseRetrievalEvaluator(test, documents, args.top_k, metrics, quiet, embed_urls, windows)
         test_scores = tester.score(trainer.model, "test", output_dir)
         results.update(record_test_scores(trainer, test_scores, output_dir))
     _report(args, trainer, metrics, test_scores, results, console)
@@ -317,17 +321,27 @@ def embed_urls_to_train(args: RqaRetrieverTrainingArguments) -> bool:
     return settle_embed_urls(resolve_embedder(args.model_name_or_path), args.embed_urls)
 
 
-class RecordEmbedUrls(TrainerCallback):
+def windows_to_train(args: RqaRetrieverTrainingArguments) -> bool:
+    """``--windows``, else what the starting model folder records, else true: the trained model reads the whole
+    of every passage (a retriever's own default stays off, so a base model's index is read as before)."""
+    from rqa.models import resolve_embedder
+
+    if args.windows is not None:
+        return args.windows
+    return recorded_setting(resolve_embedder(args.model_name_or_path), "windows") in (None, True)
+
+
+class RecordReading(TrainerCallback):
     """Each checkpoint folder is a model too (``--embedding_model runs/retriever/checkpoint-N``): it records how it
     reads passages as the final folder does."""
 
-    def __init__(self, embed_urls: bool) -> None:
-        self.embed_urls = embed_urls
+    def __init__(self, embed_urls: bool, windows: bool) -> None:
+        self.embed_urls, self.windows = embed_urls, windows
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and checkpoint.is_dir():
-            record_embed_urls(checkpoint, self.embed_urls)
+            record_reading(checkpoint, self.embed_urls, self.windows)
 
 
 class RefreshCallback(TrainerCallback):

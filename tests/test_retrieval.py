@@ -55,6 +55,9 @@ class CountingEncoder:
         self.calls.append(list(texts))
         return self.model.encode(texts, *args, **kwargs)
 
+    def __getattr__(self, name: str) -> Any:  # the tokenizer, max_seq_length…: the model's own
+        return getattr(self.model, name)
+
 
 @pytest.fixture(scope="module")
 def minilm() -> Any:
@@ -825,14 +828,18 @@ def test_passages_can_be_embedded_without_their_urls(tmp_path: Path, make_retrie
 
 
 def test_a_model_folder_records_how_it_reads_passages(tmp_path: Path) -> None:
-    from rqa.retrieval import record_embed_urls
+    from rqa.retrieval import record_reading
 
     folder = tmp_path / "model"
     folder.mkdir()
     assert DenseFaissRetriever("dense-faiss", str(folder)).embed_urls is True  # nothing recorded
-    record_embed_urls(folder, False)
+    record_reading(folder, False, False)
     assert DenseFaissRetriever("dense-faiss", str(folder)).embed_urls is False
     assert DenseFaissRetriever("dense-faiss", str(folder), embed_urls=True).embed_urls is True  # asked for
+    assert DenseFaissRetriever("dense-faiss", str(folder)).windows is False
+    record_reading(folder, False, True)
+    assert DenseFaissRetriever("dense-faiss", str(folder)).windows is True
+    assert DenseFaissRetriever("dense-faiss", str(folder), windows=False).windows is False  # asked for
     (folder / "rqa_retriever.json").write_text('{"embed_urls": "no"}')
     with pytest.raises(RqaError, match=r"rqa_retriever.json: 'embed_urls' must be true or false"):
         _ = DenseFaissRetriever("dense-faiss", str(folder)).embed_urls
@@ -844,3 +851,60 @@ def test_embed_urls_is_a_retriever_option() -> None:
     choice = choose("retrievers", "e5-faiss", ["embed_urls=false"])
     assert choice.options == {"embed_urls": False}
     assert choice.build().embed_urls is False
+
+
+# ---------------------------------------------------------------- passages longer than the embedder reads
+
+LAUNCH = "The spare key for the volcano observatory is kept in the blue box under the front desk."
+FILLER = " ".join(f"Orders placed on day {i} ship within two business days by standard post." for i in range(30))
+
+
+def long_documents() -> list[Document]:
+    """The usual topics and one passage whose last sentence (past what MiniLM reads) is the answer."""
+    return [*make_documents(), document(f"{FILLER} {LAUNCH}", "Shipping times")]
+
+
+def test_windows_let_the_end_of_a_long_passage_be_found(tmp_path: Path, make_retriever: MakeRetriever) -> None:
+    question = "Where is the spare key for the volcano observatory kept?"
+    documents = long_documents()
+    cut, _ = make_retriever()
+    cut.build(documents, tmp_path / "cut")
+    assert cut.retrieve([question], 1)[0][0][0].metadata["title"] != "Shipping times"  # only its beginning is read
+
+    whole, counter = make_retriever(windows=True)
+    index_dir = tmp_path / "windows"
+    assert whole.build(documents, index_dir) is True
+    assert len(counter.calls[0]) > len(documents)  # the long passage is several windows, the rest one each
+    assert whole.retrieve([question], 1)[0][0][0].metadata["title"] == "Shipping times"
+    ranked = whole.retrieve([question], len(documents))[0]
+    assert sorted(d.page_content for d, _ in ranked) == sorted(d.page_content for d in documents)  # each once
+    assert [s for _, s in ranked] == sorted((s for _, s in ranked), reverse=True)
+    assert read_manifest(index_dir)["windows"] is True
+
+    reused, counter = make_retriever(windows=True)
+    assert reused.build(documents, index_dir) is False and counter.calls == []  # the windows' index is trusted
+    assert reused.retrieve([question], 3) == whole.retrieve([question], 3)
+    assert make_retriever()[0].build(documents, index_dir) is True  # read without windows: rebuilt
+    assert read_manifest(index_dir)["windows"] is False
+
+
+def test_an_index_whose_windows_miss_a_passage_is_rebuilt(tmp_path: Path, make_retriever: MakeRetriever) -> None:
+    import faiss
+    import numpy as np
+
+    documents = long_documents()
+    index_dir = tmp_path / "index"
+    make_retriever(windows=True)[0].build(documents, index_dir)
+    index = faiss.read_index(str(index_dir / INDEX_FILE))
+    index.remove_ids(np.array([0], dtype=np.int64))  # passage 0's window gone
+    faiss.write_index(index, str(index_dir / INDEX_FILE))
+    retriever = make_retriever(windows=True)[0]
+    assert "cover" in (retriever.try_load(index_dir, retriever.manifest(documents)) or "")
+    assert retriever.build(documents, index_dir) is True
+
+
+def test_windows_is_a_retriever_option() -> None:
+    from rqa.pipeline import choose
+
+    assert choose("retrievers", "dense-faiss", ["windows=true"]).build().windows is True
+    assert choose("retrievers", "hybrid", ["windows=true"]).build().members["dense-faiss"].windows is True

@@ -414,6 +414,7 @@ def test_without_urls_the_rows_the_checkpoints_and_the_model_read_passages_alike
     assert code == 0
     for folder in (out, out / "checkpoint-1"):
         assert DenseFaissRetriever("dense-faiss", str(folder)).embed_urls is False, folder
+        assert DenseFaissRetriever("dense-faiss", str(folder)).windows is True, folder  # the trained model's default
     # training further from it keeps reading passages without URLs, unless asked otherwise
     from rqa.retriever_config import parse_retriever_args
     from rqa.retriever_training import embed_urls_to_train
@@ -421,6 +422,14 @@ def test_without_urls_the_rows_the_checkpoints_and_the_model_read_passages_alike
     assert embed_urls_to_train(parse_retriever_args(["--model_name_or_path", str(out)])) is False
     asked = parse_retriever_args(["--model_name_or_path", str(out), "--embed_urls", "true"])
     assert embed_urls_to_train(asked) is True
+    from rqa.retriever_training import windows_to_train
+
+    assert windows_to_train(parse_retriever_args([])) is True
+    assert windows_to_train(parse_retriever_args(["--windows", "false"])) is False
+    from rqa.retrieval import record_reading
+
+    record_reading(out, False, False)
+    assert windows_to_train(parse_retriever_args(["--model_name_or_path", str(out)])) is False  # as recorded
 
 
 def test_gold_passage_missing_from_the_database_names_file_and_line(tmp_path, capsys):

@@ -13,11 +13,14 @@ def dense_faiss(
     batch_size: int = 64,
     device: str | None = None,
     embed_urls: bool | None = None,
+    windows: bool | None = None,
     encoder: Any = None,
 ):
     """Dense embeddings (all-MiniLM-L6-v2 embedded by default) searched in faiss.
 
     ``embed_urls=false`` embeds passages without their URLs (default: as the model folder records, else with them).
+    ``windows=true`` embeds a passage longer than the embedder reads as overlapping windows, scored by the best
+    (default: as the model folder records, else off: the embedder reads each passage's beginning).
     ``encoder`` (given by a command, not a user): ``embedding_model`` already loaded, used as it is.
     """
     from rqa.retrieval import DenseFaissRetriever
@@ -28,6 +31,7 @@ def dense_faiss(
         batch_size=batch_size,
         device=device,
         embed_urls=embed_urls,
+        windows=windows,
         encoder=encoder,
     )
 
@@ -37,9 +41,11 @@ def e5_faiss(
     batch_size: int = 64,
     device: str | None = None,
     embed_urls: bool | None = None,
+    windows: bool | None = None,
     encoder: Any = None,
 ):
-    """E5 embeddings with 'query: ' / 'passage: ' prefixes (intfloat/e5-base-v2 by default) in faiss."""
+    """E5 embeddings with 'query: ' / 'passage: ' prefixes (intfloat/e5-base-v2 by default) in faiss; options as
+    dense-faiss's."""
     from rqa.retrieval import DenseFaissRetriever
 
     return DenseFaissRetriever(
@@ -50,6 +56,7 @@ def e5_faiss(
         batch_size=batch_size,
         device=device,
         embed_urls=embed_urls,
+        windows=windows,
         encoder=encoder,
     )
 
@@ -61,6 +68,7 @@ def hybrid(
     rank_constant: float = 60.0,
     depth: int = 50,
     embed_urls: bool | None = None,
+    windows: bool | None = None,
     encoder: Any = None,
 ):
     """Several retrievers fused by reciprocal rank: dense embeddings and BM25 (rqa-bm25) by default.
@@ -68,8 +76,8 @@ def hybrid(
     ``members``: registered retriever names joined by ``+``, each with its defaults (``--embedding_model``, and the
     loaded ``encoder`` a command may give, go to those that take one); ``weights``: one per member, joined the same
     way (default 1 each); ``rank_constant``: RRF's k; ``depth``: how many passages each member ranks;
-    ``embed_urls``: passed to the members that take it. ``+``, not a comma: commas separate a spec's options
-    (``--retriever hybrid:depth=20,weights=1+0.5``).
+    ``embed_urls``, ``windows``: passed to the members that take them. ``+``, not a comma: commas separate a
+    spec's options (``--retriever hybrid:depth=20,weights=1+0.5``).
     """
     from rqa.fusion import HybridRetriever
     from rqa.plugins import get_plugins
@@ -87,7 +95,7 @@ def hybrid(
     context: dict[str, Any] = {"embedding_model": embedding_model} if embedding_model else {}
     if encoder is not None:
         context["encoder"] = encoder
-    shared = {"embed_urls": embed_urls} if embed_urls is not None else {}
+    shared = {key: value for key, value in (("embed_urls", embed_urls), ("windows", windows)) if value is not None}
     built = {name: registry.build(name, registry.accepted(name, shared), **context) for name in names}
     return HybridRetriever(built, scales, rank_constant=rank_constant, depth=depth)
 
