@@ -237,7 +237,7 @@ class DenseFaissRetriever(IndexedRetriever):
 
         from rqa.passage_windows import window_texts
 
-        contents = [d.page_content for d in documents]
+        contents = [d.page_content if self.embed_urls else _URL.sub("", d.page_content) for d in documents]
         size = self.encoder.max_seq_length or self.encoder.tokenizer.model_max_length
         windows, owners = window_texts(texts, contents, self.encoder.tokenizer, size)
         vectors = self.encode(windows, progress=progress)

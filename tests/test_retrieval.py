@@ -908,3 +908,13 @@ def test_windows_is_a_retriever_option() -> None:
 
     assert choose("retrievers", "dense-faiss", ["windows=true"]).build().windows is True
     assert choose("retrievers", "hybrid", ["windows=true"]).build().members["dense-faiss"].windows is True
+
+
+def test_windows_repeat_the_header_when_urls_are_left_out(make_retriever: MakeRetriever) -> None:
+    text = f"{FILLER} Rates: https://help.example.com/rates {LAUNCH}"
+    documents = [with_source(document(text, "Shipping times"), "https://help.example.com/7"), *make_documents()]
+    retriever, counter = make_retriever(windows=True, embed_urls=False)
+    retriever.build(documents)
+    pieces = [t for t in counter.calls[0] if "Orders placed" in t or "spare key" in t]
+    assert len(pieces) > 1 and all(t.startswith("Source: \nTitle: Shipping times\nContent: ") for t in pieces)
+    assert not any("http" in t for t in counter.calls[0])
