@@ -167,7 +167,7 @@ class DenseFaissRetriever(IndexedRetriever):
 
         return model_fingerprint(resolve_embedder(self.embedding_model))
 
-    def encode(self, texts: Sequence[str], progress: bool = False) -> Any:
+    def encode(self, texts: Sequence[str], progress: bool = False, unit: str = "documents") -> Any:
         """Normalised vectors; ``progress``: encode in chunks, show them on a bar and log one line at the end.
 
         The bar follows ``rqa.progress`` (a terminal, the main process, not quiet); the chunks do not, so the
@@ -184,12 +184,12 @@ class DenseFaissRetriever(IndexedRetriever):
         parts = []
         began = time.perf_counter()
         with progress_bars() as bars:
-            advance = bars.add("embedding documents", len(texts), "documents")
+            advance = bars.add(f"embedding {unit}", len(texts), unit)
             for start in range(0, len(texts), step):
                 parts.append(self._encode(texts[start : start + step]))
                 advance(len(parts[-1]))
         if is_main_process():
-            log_finished("index", len(texts), "documents", "embedded", time.perf_counter() - began)
+            log_finished("index", len(texts), unit, "embedded", time.perf_counter() - began)
         return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
 
     def _encode(self, texts: list[str]) -> Any:
@@ -240,7 +240,7 @@ class DenseFaissRetriever(IndexedRetriever):
         contents = [d.page_content if self.embed_urls else _URL.sub("", d.page_content) for d in documents]
         size = self.encoder.max_seq_length or self.encoder.tokenizer.model_max_length
         windows, owners = window_texts(texts, contents, self.encoder.tokenizer, size)
-        vectors = self.encode(windows, progress=progress)
+        vectors = self.encode(windows, progress=progress, unit="passage windows")
         self.faiss_index = faiss.IndexIDMap(faiss.IndexFlatIP(vectors.shape[1]))  # each window's id: its passage
         self.faiss_index.add_with_ids(vectors, np.asarray(owners, dtype=np.int64))
         self._windows_per_passage = int(np.bincount(owners).max()) if owners else 1
