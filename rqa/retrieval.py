@@ -37,7 +37,12 @@ _URL = re.compile(r"https?://\S+")
 
 def passage_text(document: Document, embed_urls: bool = True) -> str:
     """What an embedder reads of ``document``: its text, with its URLs left out unless ``embed_urls``."""
-    return document.text if embed_urls else _URL.sub("", document.text)
+    return readable(document.text, embed_urls)
+
+
+def readable(text: str, embed_urls: bool = True) -> str:
+    """``text`` as an embedder reads it: with its URLs left out unless ``embed_urls``."""
+    return text if embed_urls else _URL.sub("", text)
 
 
 def recorded_setting(model_path: str, key: str) -> bool | None:
@@ -63,11 +68,13 @@ def settle_embed_urls(model_path: str, asked: bool | None = None) -> bool:
     return True if recorded is None else recorded
 
 
-def settle_windows(model_path: str, asked: bool | None = None) -> bool:
-    """``asked``, else what the model folder records, else false: a passage is read as far as the embedder reads."""
+def settle_windows(model_path: str, asked: bool | None = None, default: bool = False) -> bool:
+    """``asked``, else what the model folder records, else ``default`` (a retriever's: off, so a passage is read as
+    far as the embedder reads)."""
     if asked is not None:
         return asked
-    return bool(recorded_setting(model_path, "windows"))
+    recorded = recorded_setting(model_path, "windows")
+    return default if recorded is None else recorded
 
 
 def record_reading(model_dir: Path, embed_urls: bool, windows: bool) -> None:
@@ -231,13 +238,12 @@ class DenseFaissRetriever(IndexedRetriever):
             vectors = self.encode(texts, progress=progress)
             self.faiss_index = faiss.IndexFlatIP(vectors.shape[1])
             self.faiss_index.add(vectors)
-            self._windows_per_passage = 1
             return
         import numpy as np
 
         from rqa.passage_windows import window_texts
 
-        contents = [d.page_content if self.embed_urls else _URL.sub("", d.page_content) for d in documents]
+        contents = [readable(d.page_content, self.embed_urls) for d in documents]
         size = self.encoder.max_seq_length or self.encoder.tokenizer.model_max_length
         windows, owners = window_texts(texts, contents, self.encoder.tokenizer, size)
         vectors = self.encode(windows, progress=progress, unit="passage windows")
@@ -258,14 +264,14 @@ class DenseFaissRetriever(IndexedRetriever):
         if not self.windows:
             if index.ntotal != count:
                 return f"it holds {index.ntotal} vectors for {count} documents"
-            self._windows_per_passage = 1
         else:
             import numpy as np
 
             owners = faiss.vector_to_array(index.id_map) if hasattr(index, "id_map") else np.empty(0, np.int64)
-            if owners.size == 0 or owners.min() < 0 or owners.max() >= count or np.unique(owners).size != count:
+            windows = np.bincount(owners, minlength=count) if owners.size and owners.min() >= 0 else np.empty(0)
+            if windows.size != count or not windows.all():
                 return f"its windows do not cover the {count} documents one to one"
-            self._windows_per_passage = int(np.bincount(owners).max())
+            self._windows_per_passage = int(windows.max())
         self.faiss_index = index
         self._loaded_fingerprint = expected.get("embedding_model_fingerprint")
         return None

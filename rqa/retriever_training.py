@@ -22,7 +22,7 @@ from transformers import TrainerCallback
 from rqa.contracts import SupportsRefresh, SupportsTrainingData
 from rqa.errors import RqaError
 from rqa.evaluation import prediction_row, score_rows, write_results
-from rqa.retrieval import DenseFaissRetriever, record_reading, recorded_setting, settle_embed_urls
+from rqa.retrieval import DenseFaissRetriever, record_reading, settle_embed_urls, settle_windows
 from rqa.retriever_data import (
     check_gold_in_database,
     check_hard_negatives,
@@ -326,9 +326,7 @@ def windows_to_train(args: RqaRetrieverTrainingArguments) -> bool:
     of every passage (a retriever's own default stays off, so a base model's index is read as before)."""
     from rqa.models import resolve_embedder
 
-    if args.windows is not None:
-        return args.windows
-    return recorded_setting(resolve_embedder(args.model_name_or_path), "windows") in (None, True)
+    return settle_windows(resolve_embedder(args.model_name_or_path), args.windows, default=True)
 
 
 class RecordReading(TrainerCallback):
