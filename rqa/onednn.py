@@ -30,8 +30,13 @@ _decided: dict[tuple[int, int], bool] = {}
 
 
 def _onednn_forward(module: Any, x: Any) -> Any:
+    """oneDNN's fp32 product, or the usual one where the call is not fp32 by fp32: under CPU autocast (a model
+    trained with ``--bf16`` generates inside its wrapped ``forward``) or with an input of another dtype, which
+    oneDNN's op would refuse, since autocast does not cast for it."""
     import torch
 
+    if x.dtype != module.weight.dtype or torch.is_autocast_enabled("cpu"):
+        return torch.nn.functional.linear(x, module.weight, module.bias)
     return torch.ops.mkldnn._linear_pointwise(x, module.weight, module.bias, "none", [], "")
 
 

@@ -48,6 +48,8 @@ def can_split(
         and query.shape[0] == 1
         and query.device.type == "cpu"
         and query.shape[-1] == key.shape[-1] == value.shape[-1]  # the CPU flash kernel's own limit (not MLA)
+        and query.dtype == key.dtype == value.dtype  # the kernel is called directly: no autocast casts for it
+        and not torch.is_autocast_enabled("cpu")
         and dropout == 0.0
         and getattr(module, "is_causal", True)
         and not any(kwargs.get(name) is not None for name in _UNSUPPORTED)

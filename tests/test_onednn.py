@@ -74,3 +74,27 @@ def test_auto_measures_once_per_shape(monkeypatch) -> None:
     assert onednn.onednn_is_faster(48, 96) is first and len(timed) == 2  # one default and one oneDNN timing
     onednn.onednn_is_faster(96, 48)
     assert len(timed) == 4
+
+
+def test_under_cpu_autocast_the_layers_compute_as_autocast_does(monkeypatch) -> None:
+    """A model trained with --bf16 generates inside accelerate's autocast wrapper: oneDNN's op is not cast by
+    autocast, so a bf16 activation met an fp32 weight and the test evaluation failed after training."""
+    monkeypatch.setenv(onednn.ENVIRONMENT, "onednn")
+    model = tiny_model(embedded_tokenizer(), seed=1).eval()
+    ids = torch.randint(0, 1000, (2, 17))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model(ids).logits
+        with onednn_linears(model) as routed:
+            logits = model(ids).logits
+    assert routed > 0
+    assert logits.dtype == expected.dtype
+    torch.testing.assert_close(logits, expected)
+
+
+def test_an_input_of_another_dtype_takes_the_usual_product(monkeypatch) -> None:
+    monkeypatch.setenv(onednn.ENVIRONMENT, "onednn")
+    layer = torch.nn.Linear(8, 4)
+    x = torch.randn(3, 8, dtype=torch.float64)
+    with onednn_linears(layer) as routed, pytest.raises(RuntimeError, match="dtype"):
+        assert routed == 1
+        layer(x)  # what nn.Linear itself says of a float64 input and fp32 weight, not a oneDNN failure

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,8 +35,8 @@ def train_args(model: Path, output: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def run(command: list[str]) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+def run(command: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -51,6 +52,17 @@ def test_flash_attention_request_falls_back_to_sdpa_with_a_message(tiny_model_di
     assert "using PyTorch SDPA attention instead" in output
     assert "packed into one row; SDPA attends within each example" in output
     assert (tmp_path / "run" / "test-metrics.json").exists()
+
+
+def test_a_bf16_run_answers_under_autocast_through_every_cpu_kernel(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """--bf16 on a CPU: the model generates inside accelerate's autocast wrapper, so rqa's directly called kernels
+    (oneDNN linears, forced here; the stored-beginning attention) must step aside for autocast's own."""
+    output = tmp_path / "run"
+    env = {**os.environ, "RQA_CPU_LINEAR": "onednn"}
+    run([str(BIN / "rqa"), *train_args(tiny_model_dir, output, "--bf16", "true")], env=env)
+    metrics = json.loads((output / "test-metrics.json").read_text())
+    assert metrics["count/questions"] == len(read_jsonl(EXAMPLE / "test_w_qa.jsonl"))
+    assert len(read_jsonl(output / "test-predictions.jsonl")) == metrics["count/questions"]
 
 
 def test_lora_trains_adapters_only(tiny_model_dir: Path, tmp_path: Path) -> None:
