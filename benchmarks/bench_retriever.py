@@ -32,7 +32,7 @@ Answers: one epoch of gold-passage SFT (bench_quality's settings), its test set 
 base MiniLM and once with the retriever the `rqa` variant trained; `answers-raft` adds SFT whose RAFT contexts come
 from the trained retriever (so the generator learns to read what that retriever returns); `answers-hybrid` answers
 with the trained retriever fused with BM25; `answers-epochs` trains the gold-passage SFT for three epochs instead of
-one and answers with the trained retriever.
+one and answers with the trained retriever, alone and fused with BM25.
 """
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ ANSWER_KEYS = (
 )
 DOCUMENTS = str(DATA_DIR / "documents.pkl")
 RESULTS = Path(__file__).parent / "results" / "bench_retriever.json"  # every variant's latest row, with its run
-ANSWER_ROWS = ("sft-base", "sft-trained", "sft-hybrid-trained", "raft-trained", "sft-epochs-trained")
+ANSWER_ROWS = ("sft-base", "sft-trained", "sft-hybrid-trained", "raft-trained", "sft-epochs-trained",
+               "sft-epochs-hybrid-trained")  # fmt: skip
 ANSWER_EPOCHS = 3  # answers-epochs: passes of gold-passage SFT
 PLAIN = {"batch": 32, "learning_rate": 3e-5, "epochs": 3}
 # one epoch of 8-question batches: each step scores 8 x 4 passages with the generator (the costly part on a CPU)
@@ -162,7 +163,8 @@ def train_retriever(output: Path, extra: list[str]) -> tuple[dict[str, float], d
 def answer_rows(work: Path, variants: list[str], reuse_generator: bool, bf16: bool) -> dict[str, dict[str, Any]]:
     """Generator SFT answering the Faire test set: ``answers`` gold SFT with the base retriever and with the one
     ``rqa`` trained; ``answers-raft`` SFT whose RAFT contexts come from that trained retriever; ``answers-epochs``
-    gold SFT for ``ANSWER_EPOCHS`` epochs, answering with the trained retriever. Keyed rows.
+    gold SFT for ``ANSWER_EPOCHS`` epochs, answering with the trained retriever alone and fused with BM25. Keyed
+    rows.
 
     ``reuse_generator`` keeps an earlier run's gold SFT (it does not depend on the retriever), so a newly trained
     retriever is compared in minutes instead of another SFT; ``answers-epochs`` keeps its own likewise. ``bf16``
@@ -214,12 +216,19 @@ def answer_rows(work: Path, variants: list[str], reuse_generator: bool, bf16: bo
         if not (reuse_generator and (longer / "model.safetensors").exists()):
             run_cli(train_flags(longer, CACHE_DIR / "faire-index", 1e-4, 1024,
                                 [*precision, "--num_train_epochs", str(ANSWER_EPOCHS)]))  # fmt: skip
-        answered = work / "answers-sft-epochs-trained"  # answered as the other rows are: fp32, by rqa evaluate
-        run_cli([RQA, "evaluate", "--model", str(longer), "--data", test_data, "--documents", DOCUMENTS,
-                 "--index", str(work / "answers-trained-index"), "--embedding_model", str(trained),
-                 "--output_dir", str(answered)])  # fmt: skip
-        scores = json.loads((answered / "metrics.json").read_text())
-        rows["sft-epochs-trained"] = row(f"gold SFT, {ANSWER_EPOCHS} epochs", "trained (`rqa` variant)", scores)
+        retrievers = {  # row key: (label, the index and retriever flags); answered as the rows above, by rqa evaluate
+            "sft-epochs-trained": ("trained (`rqa` variant)", ["--index", str(work / "answers-trained-index")]),
+            "sft-epochs-hybrid-trained": (
+                "`hybrid`: trained (`rqa` variant) + BM25",
+                ["--index", str(work / "answers-hybrid-index"), "--retriever", "hybrid"],
+            ),
+        }
+        for key, (label, flags) in retrievers.items():
+            answered = work / f"answers-{key}"
+            run_cli([RQA, "evaluate", "--model", str(longer), "--data", test_data, "--documents", DOCUMENTS, *flags,
+                     "--embedding_model", str(trained), "--output_dir", str(answered)])  # fmt: skip
+            scores = json.loads((answered / "metrics.json").read_text())
+            rows[key] = row(f"gold SFT, {ANSWER_EPOCHS} epochs", label, scores)
     return rows
 
 
