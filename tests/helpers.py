@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from rqa.schema import Document, Example, Turn
@@ -14,6 +20,18 @@ def embedded_tokenizer() -> Any:
     from rqa.models import load_tokenizer, resolve_generator
 
     return load_tokenizer(resolve_generator(None))
+
+
+@functools.cache
+def example_index() -> Path:
+    """The dense index of example/documents.jsonl, built once per test session by the real ``rqa index``: the runs
+    that pass it as ``--full_dataset_index_path`` reuse it instead of each embedding the database again."""
+    root = Path(tempfile.mkdtemp(prefix="rqa-example-index-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    example = Path(__file__).resolve().parents[1] / "example"
+    rqa = [str(Path(sys.executable).parent / "rqa"), "index", "--documents", str(example / "documents.jsonl")]
+    subprocess.run([*rqa, "--index", str(root / "index")], check=True, capture_output=True, timeout=600)
+    return root / "index"
 
 
 def tiny_model(tokenizer: Any, seed: int = 0, family: str = "llama", **overrides: Any) -> Any:

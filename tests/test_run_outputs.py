@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers import example_index
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "example"
 RQA = str(Path(sys.executable).parent / "rqa")
@@ -28,6 +30,7 @@ def test_test_and_eval_question_limits_on_a_cpu_run(tiny_model_dir: Path, tmp_pa
             "--eval_file", str(EXAMPLE / "eval_w_qa.jsonl"),
             "--test_file", str(EXAMPLE / "test_w_qa.jsonl"),
             "--full_dataset_file_path", str(EXAMPLE / "documents.jsonl"),
+            "--full_dataset_index_path", str(example_index()),
             "--output_dir", str(output),
             "--max_steps", "2",
             "--per_device_train_batch_size", "2",

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import embedded_tokenizer, tiny_model
+from helpers import embedded_tokenizer, example_index, tiny_model
 
 from rqa.signals import StopFlag, StopOnSignal, StopRequested
 
@@ -159,6 +159,7 @@ def train_args(model: Path, output: Path, *extra: str) -> list[str]:
         "--model_name_or_path", str(model),
         "--train_file", str(EXAMPLE / "train_w_qa.jsonl"),
         "--full_dataset_file_path", str(EXAMPLE / "documents.jsonl"),
+        "--full_dataset_index_path", str(example_index()),
         "--output_dir", str(output),
         "--max_steps", "3",
         "--per_device_train_batch_size", "2",

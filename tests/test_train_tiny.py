@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import example_index
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -23,6 +24,7 @@ def train_args(model: Path, output: Path, *extra: str) -> list[str]:
         "--eval_file", str(EXAMPLE / "eval_w_qa.jsonl"),
         "--test_file", str(EXAMPLE / "test_w_qa.jsonl"),
         "--full_dataset_file_path", str(EXAMPLE / "documents.jsonl"),
+        "--full_dataset_index_path", str(example_index()),
         "--output_dir", str(output),
         "--max_steps", "4",
         "--per_device_train_batch_size", "2",
