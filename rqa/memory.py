@@ -28,8 +28,6 @@ import os
 import sys
 from typing import Any
 
-from transformers import TrainerCallback
-
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # glibc's mallopt parameter numbers
 NEVER_TRIM_BYTES = 2**31 - 1  # mallopt takes a C int: free heap above 2 GiB is the only kind given back
 THRESHOLD_BYTES = 1 << 20
@@ -87,14 +85,3 @@ def bound_kernel_caches(entries: int = KERNEL_CACHE_ENTRIES) -> dict[str, str]:
     for name in KERNEL_CACHES:
         os.environ.setdefault(name, str(entries))
     return {name: os.environ[name] for name in KERNEL_CACHES}
-
-
-class GiveFreedPagesBack(TrainerCallback):
-    """``malloc_trim`` after every forward/backward pass and optimizer step, so that the heap's freed fragments do
-    not stay resident into the next one. It costs time (the pages fault back in when reused): for memory modes."""
-
-    def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        give_freed_pages_back()
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        give_freed_pages_back()

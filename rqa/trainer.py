@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from rqa.data import IGNORE_INDEX
+from rqa.memory import give_freed_pages_back, glibc
 
 
 def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
@@ -77,6 +78,17 @@ def supervised_token_count(batches: list[dict[str, Any]]) -> int:
     return sum(int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) for batch in batches)
 
 
+class GiveFreedPagesBack(TrainerCallback):
+    """``malloc_trim`` after every forward/backward pass and optimizer step, so that the heap's freed fragments do
+    not stay resident into the next one. It costs time (the pages fault back in when reused): for memory modes."""
+
+    def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        give_freed_pages_back()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        give_freed_pages_back()
+
+
 class RqaTrainer(Trainer):
     """Trainer with a pluggable loss (see ``rqa list-plugins``) and an end-to-end evaluation hook."""
 
@@ -85,11 +97,9 @@ class RqaTrainer(Trainer):
         super().__init__(*args, compute_loss_func=loss, **kwargs)
         self.loss = loss
         self.e2e_evaluator = e2e_evaluator
-        if getattr(self.args, "bf16_weights", False) and self.args.device.type == "cpu":
-            from rqa.memory import GiveFreedPagesBack, glibc
-
-            if glibc() is not None:  # --bf16_weights is the memory mode: heap fragments go back after each pass
-                self.add_callback(GiveFreedPagesBack())
+        memory_mode = getattr(self.args, "bf16_weights", False) and self.args.device.type == "cpu"
+        if memory_mode and glibc() is not None:  # --bf16_weights: heap fragments go back after each pass
+            self.add_callback(GiveFreedPagesBack())
 
     def compute_loss(
         self,

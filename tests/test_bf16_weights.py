@@ -8,9 +8,9 @@ from helpers import embedded_tokenizer, example, tiny_model
 
 from rqa.config import RqaTrainingArguments
 from rqa.data import ExampleEncoder, PackingCollator
-from rqa.memory import GiveFreedPagesBack, glibc
+from rqa.memory import glibc
 from rqa.plugins import get_plugins
-from rqa.trainer import RqaTrainer
+from rqa.trainer import GiveFreedPagesBack, RqaTrainer
 
 STEPS, LEARNING_RATE = 8, 1e-5  # rqa train's default rate: each update is far below a bf16 weight's resolution
 
