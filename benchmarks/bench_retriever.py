@@ -183,26 +183,27 @@ def answer_rows(work: Path, variants: list[str], reuse_generator: bool, bf16: bo
         trained_in = "bf16 (mixed)" if bf16 else "fp32"
         return {"cells": [generator, retriever, *answer_cells(scores)], "trained_in": trained_in, "run": run_stamp()}
 
+    def answered_with_trained(model: Path, output: Path, retriever_flags: list[str]) -> dict[str, float]:
+        """``model`` answering the test set through ``rqa evaluate`` with the trained embedder; its metrics."""
+        run_cli([RQA, "evaluate", "--model", str(model), "--data", test_data, "--documents", DOCUMENTS,
+                 *retriever_flags, "--embedding_model", str(trained), "--output_dir", str(output)])  # fmt: skip
+        return json.loads((output / "metrics.json").read_text())
+
+    trained_index = ["--index", str(work / "answers-trained-index")]
+    hybrid_index = ["--index", str(work / "answers-hybrid-index"), "--retriever", "hybrid"]
+
     if "answers" in variants:
         sft = work / "answers-sft"
         if not (reuse_generator and (sft / "test-metrics.json").exists()):
             run_cli(train_flags(sft, CACHE_DIR / "faire-index", 1e-4, 1024, precision))
         rows["sft-base"] = row("gold SFT", "base MiniLM", json.loads((sft / "test-metrics.json").read_text()))
-        with_trained = work / "answers-sft-trained"
-        run_cli([RQA, "evaluate", "--model", str(sft), "--data", test_data, "--documents", DOCUMENTS,
-                 "--index", str(work / "answers-trained-index"), "--embedding_model", str(trained),
-                 "--output_dir", str(with_trained)])  # fmt: skip
-        scores = json.loads((with_trained / "metrics.json").read_text())
+        scores = answered_with_trained(sft, work / "answers-sft-trained", trained_index)
         rows["sft-trained"] = row("gold SFT", "trained (`rqa` variant)", scores)
     if "answers-hybrid" in variants:
         sft = work / "answers-sft"
         if not (sft / "test-metrics.json").exists():
             raise SystemExit(f"{sft} holds no gold SFT: run --variants answers first")
-        with_hybrid = work / "answers-sft-hybrid-trained"
-        run_cli([RQA, "evaluate", "--model", str(sft), "--data", test_data, "--documents", DOCUMENTS,
-                 "--index", str(work / "answers-hybrid-index"), "--retriever", "hybrid",
-                 "--embedding_model", str(trained), "--output_dir", str(with_hybrid)])  # fmt: skip
-        scores = json.loads((with_hybrid / "metrics.json").read_text())
+        scores = answered_with_trained(sft, work / "answers-sft-hybrid-trained", hybrid_index)
         rows["sft-hybrid-trained"] = row("gold SFT", "`hybrid`: trained (`rqa` variant) + BM25", scores)
     if "answers-raft" in variants:
         raft = work / "answers-raft"
@@ -216,18 +217,12 @@ def answer_rows(work: Path, variants: list[str], reuse_generator: bool, bf16: bo
         if not (reuse_generator and (longer / "model.safetensors").exists()):
             run_cli(train_flags(longer, CACHE_DIR / "faire-index", 1e-4, 1024,
                                 [*precision, "--num_train_epochs", str(ANSWER_EPOCHS)]))  # fmt: skip
-        retrievers = {  # row key: (label, the index and retriever flags); answered as the rows above, by rqa evaluate
-            "sft-epochs-trained": ("trained (`rqa` variant)", ["--index", str(work / "answers-trained-index")]),
-            "sft-epochs-hybrid-trained": (
-                "`hybrid`: trained (`rqa` variant) + BM25",
-                ["--index", str(work / "answers-hybrid-index"), "--retriever", "hybrid"],
-            ),
+        retrievers = {  # row key: (label, the index and retriever flags)
+            "sft-epochs-trained": ("trained (`rqa` variant)", trained_index),
+            "sft-epochs-hybrid-trained": ("`hybrid`: trained (`rqa` variant) + BM25", hybrid_index),
         }
         for key, (label, flags) in retrievers.items():
-            answered = work / f"answers-{key}"
-            run_cli([RQA, "evaluate", "--model", str(longer), "--data", test_data, "--documents", DOCUMENTS, *flags,
-                     "--embedding_model", str(trained), "--output_dir", str(answered)])  # fmt: skip
-            scores = json.loads((answered / "metrics.json").read_text())
+            scores = answered_with_trained(longer, work / f"answers-{key}", flags)
             rows[key] = row(f"gold SFT, {ANSWER_EPOCHS} epochs", label, scores)
     return rows
 
