@@ -9,6 +9,11 @@ identical; every mismatch is listed.
     .venv/bin/python benchmarks/bench_eval.py --questions 24
     .venv/bin/python benchmarks/bench_eval.py --batch_size 16 --lookup 4 10   # the loop with prompt lookup too
     .venv/bin/python benchmarks/bench_eval.py --batch_size 32 --linear_kernels auto default
+    .venv/bin/python benchmarks/bench_eval.py --batch_size 32 --model runs/example   # a fine-tuned model
+
+Every path's prompt processing (its forward passes of more than one token a row) is timed on its own: both paths
+compute the same prompts with the same kernels, so the loop's total ÷ rqa's prompt seconds is the most that any
+batching of the decoding could give, the ceiling that the table's speed-ups sit under.
 
 ``--lookup K``: the loop again with transformers' prompt-lookup decoding (K tokens drafted from the prompt and
 verified in one forward pass), its answers compared with the plain loop's and its tokens per forward pass counted.
@@ -25,6 +30,7 @@ import itertools
 import json
 import os
 import sys
+import time
 from typing import Any
 
 from common import (
@@ -44,6 +50,37 @@ from common import (
 )
 
 INDEX_DIR = CACHE_DIR / "index-dense-faiss"
+
+
+class PromptClock:
+    """Seconds and tokens of a model's prompt forward passes: those of more than one input token a row.
+
+    Decoding steps feed one token a row; a prompt (or what follows its stored beginning) comes in whole. A batch
+    of one that drafts tokens from its prompt verifies them in forwards of several tokens, which count here too.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.seconds, self.tokens = 0.0, 0
+        self._began: float | None = None
+        self._hooks = [
+            model.register_forward_pre_hook(self._start, with_kwargs=True),
+            model.register_forward_hook(self._stop, with_kwargs=True),
+        ]
+
+    def _start(self, module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        ids = kwargs.get("input_ids")
+        if ids is not None and ids.shape[1] > 1:
+            self.tokens += ids.numel()
+            self._began = time.perf_counter()
+
+    def _stop(self, module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> None:
+        if self._began is not None:
+            self.seconds += time.perf_counter() - self._began
+            self._began = None
+
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
 
 
 def per_question_loop(
@@ -68,8 +105,9 @@ def per_question_loop(
     if lookup:
         settings["prompt_lookup_num_tokens"] = lookup
     answers, retrieved, retrieval_s, generation_s = [], [], 0.0, 0.0
-    forwards, new_tokens, prompt_tokens = [0], 0, 0
+    forwards, new_tokens = [0], 0
     counter = model.register_forward_pre_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
+    prompts = PromptClock(model)
     model.eval()
     for example in examples:
         with Timer() as timer:
@@ -77,7 +115,6 @@ def per_question_loop(
         retrieval_s += timer.seconds
         with Timer() as timer:
             ids = encoder.prompt_ids(example, [doc for doc, _ in hits])
-            prompt_tokens += len(ids)
             with torch.inference_mode():
                 output = model.generate(
                     input_ids=torch.tensor([ids]),
@@ -89,13 +126,16 @@ def per_question_loop(
         new_tokens += output.shape[1] - len(ids)
         retrieved.append([doc.page_content for doc, _ in hits])
     counter.remove()
+    prompts.remove()
     return {
         "answers": answers,
         "retrieved": retrieved,
         "retrieval_s": retrieval_s,
         "generation_s": generation_s,
         "tokens_per_forward": new_tokens / max(forwards[0], 1),
-        "prompt_tokens": prompt_tokens,
+        "prompt_tokens": prompts.tokens,
+        "prompt_s": prompts.seconds,
+        "new_tokens": new_tokens,
     }
 
 
@@ -116,17 +156,10 @@ def rqa_evaluator(
         batch_size=batch_size,
         output_dir=output_dir,
     )
-    prompt_tokens = [0]
-
-    def count_prompt_tokens(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
-        ids = kwargs.get("input_ids")
-        if ids is not None and ids.shape[1] > 1:  # a prompt's forward; decoding steps feed one token a row
-            prompt_tokens[0] += ids.numel()
-
-    counter = model.register_forward_pre_hook(count_prompt_tokens, with_kwargs=True)
+    prompts = PromptClock(model)
     with Timer() as timer:
         evaluator.evaluate_model(model, name="bench")
-    counter.remove()
+    prompts.remove()
     rows = [json.loads(line) for line in (output_dir / "bench-predictions.jsonl").read_text().splitlines()]
     retrieval_s = evaluator.retrieve().seconds_per_question * len(examples)
     return {
@@ -135,7 +168,8 @@ def rqa_evaluator(
         "answers": [row["generated_answer"] for row in rows],
         "retrieved": [[doc["page_content"] for doc in row["retrieved_docs"]] for row in rows],
         "rows": rows,
-        "prompt_tokens": prompt_tokens[0],
+        "prompt_tokens": prompts.tokens,
+        "prompt_s": prompts.seconds,
     }
 
 
@@ -178,6 +212,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--max_new_tokens", type=int, default=128)
     parser.add_argument("--top_k", type=int, default=4)
     parser.add_argument("--max_seq_length", type=int, default=2048, help="prompt budget (rqa train's default)")
+    parser.add_argument(
+        "--model", help="a fine-tuned generator's folder (chatml prompts, as rqa train writes it); "
+        "default: the embedded SmolLM2-135M-Instruct. Written to its own section"
+    )  # fmt: skip
     parser.add_argument("--no_write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args(argv)
 
@@ -190,7 +228,7 @@ def main(argv: list[str]) -> None:
     load_before = load_average()
     examples = eval_examples(args.questions)
     encoder = chatml_encoder(args.max_seq_length)
-    model = load_generator(generator_path(), dtype=torch.float32)
+    model = load_generator(args.model or generator_path(), dtype=torch.float32)
     retriever = get_plugins()["retrievers"].create("dense-faiss", {})
     retriever.build(documents(), INDEX_DIR)
     # warm both shared pieces first, so that neither side pays the embedder's load or the first generate call
@@ -208,7 +246,11 @@ def main(argv: list[str]) -> None:
         print(f"rqa E2EEvaluator, {label}, {len(examples)} questions ...", flush=True)
         batched = rqa_evaluator(model, encoder, retriever, examples, args.top_k, args.max_new_tokens, batch_size)
         batched["load"] = os.getloadavg()[0]
-        print(f"  {batched['seconds']:.1f} s, {batched['prompt_tokens']} prompt tokens computed", flush=True)
+        print(
+            f"  {batched['seconds']:.1f} s, {batched['prompt_tokens']} prompt tokens computed in "
+            f"{batched['prompt_s']:.1f} s",
+            flush=True,
+        )
         runs.append((label, batched))
     shared_prefixes.MIN_SHARED_TOKENS = default_minimum
     os.environ.pop("RQA_CPU_LINEAR")
@@ -217,7 +259,7 @@ def main(argv: list[str]) -> None:
     with Timer() as loop_timer:
         loop = per_question_loop(model, encoder, retriever, examples, args.top_k, args.max_new_tokens)
     load_after_loop = os.getloadavg()[0]
-    print(f"  {loop_timer.seconds:.1f} s (load {load_after_loop:.2f})", flush=True)
+    print(f"  {loop_timer.seconds:.1f} s, prompts {loop['prompt_s']:.1f} s (load {load_after_loop:.2f})", flush=True)
     lookups = []
     for drafted in args.lookup:
         wait_for_quiet()
@@ -229,8 +271,8 @@ def main(argv: list[str]) -> None:
         lookups.append((drafted, looked))
     scoring_s = scoring_seconds(runs[0][1]["rows"], args.top_k)
 
-    columns = ["path", "total s", "retrieval s", "generation + rest s", "prompt tokens computed", "speed-up",
-               "same answers", "load at end"]  # fmt: skip
+    columns = ["path", "total s", "retrieval s", "generation + rest s", "prompt tokens computed", "prompts s",
+               "speed-up", "ceiling", "same answers", "load at end"]  # fmt: skip
     rows, mismatches = [], []
     for label, batched in runs:
         same = sum(a == b for a, b in zip(batched["answers"], loop["answers"], strict=True))
@@ -246,7 +288,9 @@ def main(argv: list[str]) -> None:
                 f"{batched['retrieval_s']:.2f}",
                 f"{batched['seconds'] - batched['retrieval_s']:.1f}",
                 f"{batched['prompt_tokens']:,}",
+                f"{batched['prompt_s']:.1f}",
                 ratio(loop_timer.seconds, batched["seconds"]),
+                ratio(loop_timer.seconds, batched["prompt_s"]),
                 f"{same}/{len(examples)}",
                 f"{batched['load']:.2f}",
             ]
@@ -258,7 +302,9 @@ def main(argv: list[str]) -> None:
             f"{loop['retrieval_s']:.2f}",
             f"{loop_timer.seconds - loop['retrieval_s']:.1f}",
             f"{loop['prompt_tokens']:,}",
+            f"{loop['prompt_s']:.1f}",
             "1.00×",
+            "-",
             "-",
             f"{load_after_loop:.2f}",
         ]
@@ -272,7 +318,9 @@ def main(argv: list[str]) -> None:
                 f"{looked['retrieval_s']:.2f}",
                 f"{looked['seconds'] - looked['retrieval_s']:.1f}",
                 "-",
+                "-",
                 ratio(loop_timer.seconds, looked["seconds"]),
+                "-",
                 f"{same}/{len(examples)}",
                 f"{looked['load']:.2f}",
             ]
@@ -284,7 +332,10 @@ def main(argv: list[str]) -> None:
         ["identical top-k passages (every batch size)", f"{same_retrieval}/{len(examples)}"],
         ["scoring with every metric (not in the totals)", f"{scoring_s:.2f} s"],
         ["tokens per forward pass, plain loop (prefill included)", f"{loop['tokens_per_forward']:.2f}"],
-    ]
+        ["new tokens per answer (mean; the limit is " + str(args.max_new_tokens) + ")",
+         f"{loop['new_tokens'] / len(examples):.1f}"],
+        ["the loop's time in prompt processing", f"{loop['prompt_s'] / loop_timer.seconds:.0%}"],
+    ]  # fmt: skip
     print_table(f"end-to-end evaluation, {len(examples)} Faire eval questions", columns, rows)
     print_table("comparison", ["", "value"], summary)
     for label, index, question, mine, theirs in mismatches:
@@ -295,20 +346,22 @@ def main(argv: list[str]) -> None:
         f"- #{index} ({label}) {question!r}: rqa `{mine[:160]!r}` vs loop `{theirs[:160]!r}`"
         for label, index, question, mine, theirs in mismatches
     ]
+    model_name = f"a fine-tuned SmolLM2-135M-Instruct (`{args.model}`)" if args.model else "SmolLM2-135M-Instruct"
     body = "\n\n".join(
         [
-            "## End-to-end evaluation",
+            "## End-to-end evaluation" + (", a fine-tuned model" if args.model else ""),
             section_preamble(load_before),
             f"First {len(examples)} of the 73 Faire eval questions; dense-faiss (all-MiniLM-L6-v2) top {args.top_k} "
             f"over documents.pkl, chatml prompts, greedy, up to {args.max_new_tokens} new tokens, fp32, "
-            "SmolLM2-135M-Instruct. Every path shares one loaded model, retriever and index, warmed up first; "
-            "'speed-up' is the loop's total time ÷ that path's.",
+            f"{model_name}. Every path shares one loaded model, retriever and index, warmed up first; "
+            "'speed-up' is the loop's total time ÷ that path's; 'prompts s' is the time of its prompt forward passes, "
+            "and 'ceiling' the loop's total ÷ that, the speed-up that path would reach if its decoding took no time.",
             markdown_table(columns, rows),
             markdown_table(["", "value"], summary),
             "Answers that differ:\n\n" + "\n".join(mismatch_lines) if mismatch_lines else "Every answer is identical.",
         ]
     )
-    write_section("bench_eval", body)
+    write_section("bench_eval:fine-tuned" if args.model else "bench_eval", body)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ SECTION_ORDER = (
     "bench_train:cuda-bf16",
     "bench_train:cuda-bf16-llama-1b",
     "bench_eval",
+    "bench_eval:fine-tuned",
     "bench_quality",
     "bench_retriever",
     "bench_retriever:answers",
@@ -201,8 +202,23 @@ def environment_line() -> str:
             parts.append(f"{package} {version(package)}")
         except PackageNotFoundError:
             continue
-    cpu = cpu_name()
+    cpu = f"{cpu_name()} ({cpu_flags()})"
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}; " + ", ".join(parts)
+
+
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")  # what fp32/bf16 speed hangs on
+
+
+def cpu_flags() -> str:
+    """The CPU's vector extensions that decide its fp32 and bf16 speed: machines of one name differ in them."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "flags unknown"
+    present = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    return "flags: " + (
+        " ".join(flag for flag in VECTOR_FLAGS if flag in present) or "none of " + "/".join(VECTOR_FLAGS)
+    )
 
 
 def cpu_name() -> str:

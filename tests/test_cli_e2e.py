@@ -1,4 +1,5 @@
-"""The real CLI, end to end, with the embedded models: train, evaluate, index."""
+"""The real CLI, end to end, with the embedded models (a tiny generator where answers do not matter): train,
+evaluate, index."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def test_train_overfits_one_batch_and_writes_every_output(tmp_path: Path) -> None:
-    train = head(EXAMPLE / "train_w_qa.jsonl", tmp_path / "train.jsonl", 4)
+    train = head(EXAMPLE / "train_w_qa.jsonl", tmp_path / "train.jsonl", 2)
     output = tmp_path / "run"
     result = rqa(
         "train",
@@ -45,7 +46,7 @@ def test_train_overfits_one_batch_and_writes_every_output(tmp_path: Path) -> Non
         "--full-dataset-file-path", str(EXAMPLE / "documents.jsonl"),
         "--output_dir", str(output),
         "--max_steps", "4",
-        "--per_device_train_batch_size", "4",
+        "--per_device_train_batch_size", "2",
         "--learning_rate", "3e-4",
         "--warmup_steps", "0",
         "--lr_scheduler_type", "constant",
@@ -73,7 +74,7 @@ def test_train_overfits_one_batch_and_writes_every_output(tmp_path: Path) -> Non
     assert (output / "report.png").stat().st_size > 10_000
 
     resolved = json.loads((output / "rqa_args.json").read_text())
-    assert resolved["resolved_formatter"]["name"] == "auto" and resolved["per_device_train_batch_size"] == 4
+    assert resolved["resolved_formatter"]["name"] == "auto" and resolved["per_device_train_batch_size"] == 2
 
     from transformers import AutoModelForCausalLM
 
@@ -113,11 +114,14 @@ def test_evaluate_on_faire_writes_predictions_and_every_metric(tmp_path: Path) -
     assert "reused" in result.stdout
 
 
-def test_train_with_the_bm25_plugin_retriever(tmp_path: Path) -> None:
+def test_train_with_the_bm25_plugin_retriever(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A retriever from an installed plugin package, chosen by name; what it retrieves does not depend on the
+    generator, so a tiny one answers."""
     pytest.importorskip("rqa_bm25")
     output = tmp_path / "run"
     rqa(
         "train",
+        "--model_name_or_path", str(tiny_model_dir),
         "--train_file", str(head(EXAMPLE / "train_w_qa.jsonl", tmp_path / "train.jsonl", 4)),
         "--test_file", str(head(EXAMPLE / "test_w_qa.jsonl", tmp_path / "test.jsonl", 3)),
         "--full_dataset_file_path", str(EXAMPLE / "documents.jsonl"),
