@@ -11,9 +11,10 @@ identical; every mismatch is listed.
     .venv/bin/python benchmarks/bench_eval.py --batch_size 32 --linear_kernels auto default
     .venv/bin/python benchmarks/bench_eval.py --batch_size 32 --model runs/example   # a fine-tuned model
 
-Every path's prompt processing (its forward passes of more than one token a row) is timed on its own: both paths
-compute the same prompts with the same kernels, so the loop's total ÷ rqa's prompt seconds is the most that any
-batching of the decoding could give, the ceiling that the table's speed-ups sit under.
+Every path's prompt processing (its forward passes of more than one token a row) is timed on its own. Identical
+answers leave rqa no cheaper way through the prompts than computing them in full (once, where prompts begin alike),
+so the loop's total ÷ rqa's prompt seconds is the most that any faster decoding could give: the ceiling under the
+table's speed-ups.
 
 ``--lookup K``: the loop again with transformers' prompt-lookup decoding (K tokens drafted from the prompt and
 verified in one forward pass), its answers compared with the plain loop's and its tokens per forward pass counted.
