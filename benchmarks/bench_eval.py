@@ -54,14 +54,15 @@ INDEX_DIR = CACHE_DIR / "index-dense-faiss"
 
 
 class PromptClock:
-    """Seconds and tokens of a model's prompt forward passes: those of more than one input token a row.
+    """A model's forward passes, and the seconds and tokens of its prompt passes: those of more than one input
+    token a row.
 
     Decoding steps feed one token a row; a prompt (or what follows its stored beginning) comes in whole. A batch
     of one that drafts tokens from its prompt verifies them in forwards of several tokens, which count here too.
     """
 
     def __init__(self, model: Any) -> None:
-        self.seconds, self.tokens = 0.0, 0
+        self.seconds, self.tokens, self.forwards = 0.0, 0, 0
         self._began: float | None = None
         self._hooks = [
             model.register_forward_pre_hook(self._start, with_kwargs=True),
@@ -69,6 +70,7 @@ class PromptClock:
         ]
 
     def _start(self, module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        self.forwards += 1
         ids = kwargs.get("input_ids")
         if ids is not None and ids.shape[1] > 1:
             self.tokens += ids.numel()
@@ -106,9 +108,8 @@ def per_question_loop(
     if lookup:
         settings["prompt_lookup_num_tokens"] = lookup
     answers, retrieved, retrieval_s, generation_s = [], [], 0.0, 0.0
-    forwards, new_tokens = [0], 0
-    counter = model.register_forward_pre_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
-    prompts = PromptClock(model)
+    new_tokens = 0
+    clock = PromptClock(model)
     model.eval()
     for example in examples:
         with Timer() as timer:
@@ -126,16 +127,15 @@ def per_question_loop(
         generation_s += timer.seconds
         new_tokens += output.shape[1] - len(ids)
         retrieved.append([doc.page_content for doc, _ in hits])
-    counter.remove()
-    prompts.remove()
+    clock.remove()
     return {
         "answers": answers,
         "retrieved": retrieved,
         "retrieval_s": retrieval_s,
         "generation_s": generation_s,
-        "tokens_per_forward": new_tokens / max(forwards[0], 1),
-        "prompt_tokens": prompts.tokens,
-        "prompt_s": prompts.seconds,
+        "tokens_per_forward": new_tokens / max(clock.forwards, 1),
+        "prompt_tokens": clock.tokens,
+        "prompt_s": clock.seconds,
         "new_tokens": new_tokens,
     }
 

@@ -209,26 +209,28 @@ def environment_line() -> str:
 VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")  # what fp32/bf16 speed hangs on
 
 
+def cpuinfo_field(name: str) -> str | None:
+    """The first ``name : value`` of /proc/cpuinfo (None where there is no such file or field)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == name), None)
+
+
 def cpu_flags() -> str:
     """The CPU's vector extensions that decide its fp32 and bf16 speed: machines of one name differ in them."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    flags = cpuinfo_field("flags")
+    if flags is None:
         return "flags unknown"
-    present = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    present = set(flags.split())
     return "flags: " + (
         " ".join(flag for flag in VECTOR_FLAGS if flag in present) or "none of " + "/".join(VECTOR_FLAGS)
     )
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    return cpuinfo_field("model name") or platform.processor() or "unknown CPU"
 
 
 def invocation() -> str:
